@@ -1,0 +1,191 @@
+"""``dynlrp.audit``: run a model, explain it, and report rule coverage and conservation per op."""
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_leaves
+
+from .engine import explain
+from .errors import DynLRPError
+from .explanation import Explanation
+from .graph import Graph, node_type
+from .modules import track_modules
+from .record import Recording, record
+from .rules import REGISTRY
+from .values import ValueStore
+
+
+@dataclass
+class OpStats:
+    """Per node type: how many nodes, which rule, covered or not, unexplained error, absorbed share."""
+
+    count: int
+    rule: str | None
+    covered: bool
+    max_error: float = 0.0
+    mean_error: float = 0.0
+    absorbed: dict[str, float] = field(default_factory=dict)
+    modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ActivationCheck:
+    """Promise-recovered forward values against the values recorded during the forward."""
+
+    checked: int
+    max_error: float
+    unavailable: dict[str, int]
+
+
+@dataclass
+class AuditReport:
+    model: str
+    coverage: float
+    nodes: int
+    missing: dict[str, tuple[int, list[str]]]
+    ops: dict[str, OpStats]
+    conservation: dict[str, Any] | None
+    promises: dict[str, float] | None
+    activations: ActivationCheck | None
+    backward_ok: bool | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["missing"] = {k: {"count": c, "modules": p} for k, (c, p) in self.missing.items()}
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write a self-contained HTML page (no network, every name escaped)."""
+        esc = html.escape
+        rows = "".join(
+            f"<tr class='{'ok' if s.covered else 'missing'}'><td>{esc(op)}</td><td>{s.count}</td>"
+            f"<td>{esc(s.rule or 'MISSING')}</td><td>{s.max_error:.2e}</td><td>{s.mean_error:.2e}</td>"
+            f"<td>{esc(', '.join(f'{k}: {v:.3g}' for k, v in s.absorbed.items()))}</td>"
+            f"<td>{esc(', '.join(s.modules[:5]))}</td></tr>"
+            for op, s in sorted(self.ops.items(), key=lambda kv: (kv[1].covered, -kv[1].count)))
+        summary = (f"<p>coverage {self.coverage:.4f} of {self.nodes} nodes; "
+                   f"{len(self.missing)} node types without a rule</p>")
+        if self.error:
+            summary += f"<p class='missing'>error: {esc(self.error)}</p>"
+        if self.conservation:
+            summary += f"<pre>{esc(json.dumps(self.conservation, indent=1))}</pre>"
+        page = (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'><title>dynlrp audit: "
+            f"{esc(self.model)}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px}}"
+            ".missing{background:#fdd}.ok{background:#efe}</style></head><body>"
+            f"<h1>{esc(self.model)}</h1>{summary}<table><tr><th>node type</th><th>count</th><th>rule</th>"
+            "<th>max error</th><th>mean error</th><th>absorbed</th><th>modules</th></tr>"
+            f"{rows}</table></body></html>")
+        path = Path(path)
+        path.write_text(page, encoding="utf-8")
+        return path
+
+
+def pick_output(result: Any) -> torch.Tensor:
+    """The tensor to explain: a tensor itself, else ``.logits``, else the first floating tensor."""
+    if isinstance(result, torch.Tensor):
+        return result
+    logits = getattr(result, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    values = result.values() if isinstance(result, Mapping) else result
+    for leaf in tree_leaves(list(values) if isinstance(values, Mapping) or hasattr(values, "__iter__") else [values]):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.grad_fn is not None:
+            return leaf
+    raise DynLRPError(f"cannot find an output tensor with a graph in {type(result).__name__}; pass output=...")
+
+
+def check_activations(graph: Graph, recording: Recording) -> ActivationCheck:
+    """Recover every recorded node output post hoc (no recording) and compare with the recording."""
+    store = ValueStore(graph, REGISTRY, recording=None)
+    worst, checked, unavailable = 0.0, 0, {}
+    for node in graph.order:
+        for nr in range(len(node._input_metadata)):
+            expected = recording.output(node, nr)
+            if expected is None:
+                continue
+            try:
+                got = store.output_value(node, nr)
+            except DynLRPError:
+                unavailable[node_type(node)] = unavailable.get(node_type(node), 0) + 1
+                continue
+            scale = expected.detach().abs().max().item() or 1.0
+            worst = max(worst, (got.to(expected.dtype) - expected).abs().max().item() / scale)
+            checked += 1
+    return ActivationCheck(checked, worst, unavailable)
+
+
+def _op_stats(graph: Graph, paths: Mapping, exp: Explanation | None) -> dict[str, OpStats]:
+    ops: dict[str, OpStats] = {}
+    for node in graph.order:
+        name = node_type(node)
+        info = REGISTRY.rules.get(name)
+        stats = ops.setdefault(name, OpStats(0, info.name if info else None, info is not None))
+        stats.count += 1
+        path = paths.get(node)
+        if path and path not in stats.modules:
+            stats.modules.append(path)
+    if exp is not None:
+        errors: dict[str, list[float]] = {}
+        for row in exp.nodes:
+            errors.setdefault(row.node_type, []).append(row.error)
+            stats = ops[row.node_type]
+            for cause, value in row.absorbed.items():
+                stats.absorbed[cause] = stats.absorbed.get(cause, 0.0) + value
+        for name, errs in errors.items():
+            ops[name].max_error, ops[name].mean_error = max(errs), sum(errs) / len(errs)
+    return ops
+
+
+def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "epsilon",
+          output: Callable[[Any], torch.Tensor] | None = None, name: str | None = None,
+          **kwargs: Any) -> AuditReport:
+    """Run ``model(*args, **kwargs)`` and audit the explanation of its output.
+
+    Floating-point tensor arguments are explained (a copy that requires grad is fed in); integer
+    arguments (token ids) reach the relevance through embedding lookups. Reports node coverage, the
+    missing rules with module paths, per-op conservation, promise statistics, promise-recovered
+    activations against the recorded forward, and whether ``backward()`` still works afterwards.
+    """
+    label = name or type(model).__name__
+    args = tuple(a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in args)
+    kwargs = {k: v.detach().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+              for k, v in kwargs.items()}
+    inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.requires_grad]
+    with record() as recording, track_modules(model) as paths:
+        result = model(*args, **kwargs)
+    out = output(result) if output is not None else pick_output(result)
+    graph = Graph.build(out.grad_fn)
+    ops = _op_stats(graph, paths, None)
+    missing = {op: (s.count, s.modules) for op, s in ops.items() if not s.covered}
+    coverage = sum(s.count for s in ops.values() if s.covered) / len(graph)
+    exp, error = None, None
+    try:
+        exp = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths, recording=False)
+    except DynLRPError as err:
+        error = f"{type(err).__name__}: {err}"
+    activations = check_activations(graph, recording)
+    recording.clear()
+    backward_ok = None
+    try:
+        out.sum().backward()
+        backward_ok = True
+    except RuntimeError as err:
+        backward_ok, error = False, error or f"backward after explain failed: {err}"
+    return AuditReport(
+        model=label, coverage=coverage, nodes=len(graph), missing=missing,
+        ops=_op_stats(graph, paths, exp),
+        conservation=asdict(exp.conservation) if exp else None,
+        promises=({**asdict(exp.promises), "rho": exp.promises.rho} if exp else None),
+        activations=activations, backward_ok=backward_ok, error=error)

@@ -1,0 +1,108 @@
+"""What a rule or replay sees of one node: saved tensors, input/output values, roles, settings."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import MissingValueError
+from .graph import Edge, Node, node_type, output_shapes
+from .saved import read_saved
+
+if TYPE_CHECKING:
+    from .presets import NodeSettings
+    from .values import ValueStore
+
+
+@dataclass
+class RuleResult:
+    """Relevance per input slot (``None`` where nothing flows) and absorbed relevance by cause.
+
+    ``absorbed`` values are summed relevance (tensors or floats) computed from the rule's own terms,
+    e.g. ``{"bias": sum_j b_j R_j / s_j, "stabiliser": sum_j (s_j - z_j) R_j / s_j}``.
+    ``sources`` is relevance that ends here as input relevance (an input leaf, token relevance).
+    """
+
+    inputs: tuple[torch.Tensor | None, ...]
+    absorbed: dict[str, Any] = field(default_factory=dict)
+    sources: torch.Tensor | None = None
+
+
+def _signed(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 2**63:
+        return value - 2**64
+    if isinstance(value, tuple):
+        return tuple(_signed(v) for v in value)
+    return value
+
+
+class NodeContext:
+    """A view of one node for rules and replays.
+
+    ``input(slot)`` and ``output(k)`` give forward values (through the Promise System when the node
+    did not save them); ``is_data(slot)`` says whether the operand depends on an explained input;
+    ``settings`` carries the preset's choices for this node; ``vjp`` calls the node's own backward.
+    """
+
+    def __init__(self, node: Node, store: ValueStore, settings: NodeSettings | None = None,
+                 data_edge: Callable[[Edge], bool] | None = None, replaying: bool = False):
+        self.node = node
+        self.type = node_type(node)
+        self.store = store
+        self.settings = settings
+        self._data_edge = data_edge
+        self._replaying = replaying
+
+    @property
+    def edges(self):
+        return self.store.graph.edges[self.node]
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.edges)
+
+    @property
+    def output_shapes(self) -> list[torch.Size]:
+        return output_shapes(self.node)
+
+    def saved(self, name: str) -> Any:
+        """The node's ``_saved_<name>`` attribute (e.g. ``ctx.saved("dim")``).
+
+        Negative dims that autograd hands out as unsigned 64-bit integers are turned back into
+        negative Python ints.
+        """
+        return _signed(read_saved(self.node, "_saved_" + name))
+
+    def input(self, slot: int) -> torch.Tensor:
+        if self._replaying:
+            return self.store.lookup_input(self.node, slot)
+        return self.store.input_value(self.node, slot)
+
+    def output(self, nr: int = 0) -> torch.Tensor:
+        if self._replaying:
+            raise MissingValueError(
+                f"{self.type} needs its own forward output to recover an operand outside the graph (a"
+                " frozen bias or constant), and no node kept that output; run the forward inside"
+                " `with dynlrp.record():`")
+        return self.store.output_value(self.node, nr)
+
+    def has_input(self, slot: int) -> bool:
+        """Whether the slot's operand is in the graph (``False`` for ``(None, 0)`` edges)."""
+        return self.edges[slot][0] is not None
+
+    def input_shape(self, slot: int) -> torch.Size:
+        """Shape of the operand in ``slot`` (from the graph's metadata, no value needed)."""
+        child, nr = self.edges[slot]
+        return torch.Size(child._input_metadata[nr].shape)
+
+    def is_data(self, slot: int) -> bool:
+        """Whether the operand in ``slot`` depends on an explained input (else parameter/constant)."""
+        return self._data_edge is not None and self._data_edge(self.edges[slot])
+
+    def vjp(self, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        """The node's own backward applied to ``grads`` (one per output), without building a graph."""
+        with torch.no_grad():
+            result = self.node(*grads)
+        return result if isinstance(result, tuple) else (result,)

@@ -1,0 +1,297 @@
+"""``explain``: one reverse-topological relevance sweep over the autograd graph.
+
+Each node with relevance is visited exactly once, after all of its consumers; its rule maps the
+relevance of its outputs to its input slots. Relevance sent to an operand outside the graph is
+booked as absorbed ``constant``; to an operand that depends on no explained input (a parameter
+subgraph), as absorbed ``parameter``. Forward values come from the Promise System
+(:mod:`dynlrp.values`). The graph is only read: ``out.backward()`` still works afterwards.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .context import NodeContext, RuleResult
+from .errors import DynLRPError, InputError, MissingRuleError, MissingRuleWarning, NoGraphError, RuleError, TargetError
+from .explanation import Conservation, Explanation, NodeRecord, TokenRelevance
+from .graph import Edge, Graph, Node, node_type
+from .presets import Preset, resolve
+from .record import Recording, find_recording
+from .rules import REGISTRY
+from .rules.common import total
+from .values import ValueStore
+
+LINEAR_TYPES = frozenset({"AddmmBackward0", "MmBackward0", "BmmBackward0", "ConvolutionBackward0"})
+FALLBACK = "fallback:gradient"
+
+
+def _check_output(output: Any) -> None:
+    if not isinstance(output, torch.Tensor):
+        raise NoGraphError(f"explain() needs the output tensor, got {type(output).__name__}; pick the tensor"
+                           " to explain (e.g. out.logits)")
+    if not (output.is_floating_point() or output.is_complex()):
+        raise NoGraphError(f"the output has dtype {output.dtype}, which carries no gradient graph; explain the"
+                           " floating-point scores (logits) instead of argmax/ids")
+    if output.grad_fn is None:
+        raise NoGraphError(
+            "the output has no grad_fn: nothing in the forward required grad, or it ran under torch.no_grad()"
+            " / torch.inference_mode(); call x.requires_grad_() on the input (or keep trainable parameters)"
+            " and run the forward with gradients enabled")
+
+
+def seed_relevance(output: torch.Tensor, target: Any, seed: str = "value") -> torch.Tensor:
+    """The starting relevance at ``output``.
+
+    ``target``: ``None`` (argmax of the last dimension, per row), an int (that index of the last
+    dimension, for every row), a sequence or 1-D integer tensor of one index per batch row, or a
+    float tensor of the output's shape (used as the starting relevance itself). ``seed``:
+    ``"value"`` starts from the selected output values (the logit), ``"one_hot"`` from ones (zennit).
+    """
+    out = output.detach()
+    if seed not in ("value", "one_hot"):
+        raise TargetError(f"seed must be 'value' or 'one_hot', not {seed!r}")
+    if isinstance(target, torch.Tensor) and target.is_floating_point():
+        if target.shape != out.shape:
+            raise TargetError(f"a relevance target must have the output's shape {tuple(out.shape)}, got"
+                              f" {tuple(target.shape)}")
+        return target.detach().to(out.dtype)
+    if out.dim() == 0:
+        if target is not None:
+            raise TargetError("the output is a scalar: use target=None (its value is the relevance)")
+        return out.clone() if seed == "value" else torch.ones_like(out)
+    classes = out.shape[-1]
+    if target is None:
+        index = out.argmax(-1, keepdim=True)
+    elif isinstance(target, bool) or not isinstance(target, (int, Sequence, torch.Tensor)):
+        raise TargetError(f"target must be None, an int, one int per row, or a tensor; got {type(target).__name__}")
+    elif isinstance(target, int):
+        if not -classes <= target < classes:
+            raise TargetError(f"target {target} is out of range for {classes} outputs (last dimension)")
+        index = torch.full(out.shape[:-1] + (1,), target % classes, dtype=torch.long, device=out.device)
+    else:
+        rows = torch.as_tensor(target, device=out.device)
+        if rows.dim() != 1 or rows.dtype in (torch.bool,) or rows.is_floating_point():
+            raise TargetError("a per-row target must be a flat list of integer class indices")
+        if out.dim() < 2 or rows.numel() != out.shape[0]:
+            raise TargetError(f"got {rows.numel()} targets for a batch of {out.shape[0] if out.dim() else 0}")
+        if ((rows < -classes) | (rows >= classes)).any():
+            raise TargetError(f"targets {rows.tolist()} are out of range for {classes} outputs")
+        rows = rows % classes
+        index = rows.view((-1,) + (1,) * (out.dim() - 1)).expand(out.shape[:-1] + (1,))
+    mask = torch.zeros_like(out).scatter_(-1, index, 1.0)
+    return mask * out if seed == "value" else mask
+
+
+class _Sweep:
+    """State of one explanation (kept out of the autograd nodes)."""
+
+    def __init__(self, output: torch.Tensor, inputs: Sequence[torch.Tensor] | None, preset: Preset,
+                 module_paths: Mapping[Node, str] | None, recording: Recording | bool | None):
+        self.graph = Graph.build(output.grad_fn)
+        self.preset = preset
+        self.paths = module_paths or {}
+        if recording is False:
+            recording = None
+        elif recording is None or recording is True:
+            recording = find_recording(self.graph)
+        self.recording = recording
+        self.store = ValueStore(self.graph, REGISTRY, self.recording)
+        self.leaf_inputs: dict[Node, torch.Tensor] = {}
+        self.cut_inputs: dict[Edge, torch.Tensor] = {}
+        self._find_inputs(inputs)
+        self.data = self._data_flags()
+        self.first = self._first_layers()
+
+    # -- setup -----------------------------------------------------------------------------
+    def _find_inputs(self, inputs: Sequence[torch.Tensor] | None) -> None:
+        leaves = {node.variable: node for node in self.graph.order if hasattr(node, "variable")}
+        by_id = {id(t): node for t, node in leaves.items()}
+        if inputs is None:
+            for tensor, node in leaves.items():
+                if not isinstance(tensor, torch.nn.Parameter):
+                    self.leaf_inputs[node] = tensor
+            return
+        for i, tensor in enumerate(inputs):
+            if not isinstance(tensor, torch.Tensor):
+                raise InputError(f"inputs[{i}] is a {type(tensor).__name__}, not a tensor")
+            if tensor.grad_fn is not None:
+                edge = (tensor.grad_fn, tensor.output_nr)
+                if tensor.grad_fn not in self.graph.edges:
+                    raise InputError(f"inputs[{i}] is not part of the output's graph")
+                self.cut_inputs[edge] = tensor
+            elif not tensor.requires_grad:
+                raise InputError(f"inputs[{i}] does not require grad, so the graph does not contain it; call"
+                                 " x.requires_grad_() before the forward")
+            elif id(tensor) in by_id:
+                self.leaf_inputs[by_id[id(tensor)]] = tensor
+            else:
+                raise InputError(f"inputs[{i}] requires grad but the output does not depend on it")
+
+    def _data_flags(self) -> dict[Node, bool]:
+        data: dict[Node, bool] = {}
+        for node in reversed(self.graph.order):
+            if node in self.leaf_inputs or node_type(node) in REGISTRY.sources:
+                data[node] = True
+            elif hasattr(node, "variable"):
+                data[node] = False
+            else:
+                data[node] = any(c is not None and (data[c] or (c, nr) in self.cut_inputs)
+                                 for c, nr in self.graph.edges[node])
+        if not data[self.graph.root] and (self.graph.root, 0) not in self.cut_inputs:
+            raise InputError("the output depends on no explained input: pass inputs=[x] with x.requires_grad_()"
+                             " set before the forward (or feed token ids through an embedding)")
+        return data
+
+    def edge_is_data(self, edge: Edge) -> bool:
+        child = edge[0]
+        return child is not None and (edge in self.cut_inputs or self.data[child])
+
+    def _first_layers(self) -> set[Node]:
+        near: dict[Node, bool] = {}
+        for node in reversed(self.graph.order):
+            info = REGISTRY.rules.get(node_type(node))
+            data_edges = [e for e in self.graph.edges[node] if self.edge_is_data(e)]
+            near[node] = node in self.leaf_inputs or (
+                info is not None and info.family == "shape" and bool(data_edges)
+                and all(e in self.cut_inputs or near[e[0]] for e in data_edges))
+        return {node for node in self.graph.order if node_type(node) in LINEAR_TYPES
+                and any(self.edge_is_data(e) and (e in self.cut_inputs or near[e[0]]) for e in self.graph.edges[node])}
+
+    def missing_rules(self) -> dict[str, tuple[int, list[str]]]:
+        missing: dict[str, tuple[int, list[str]]] = {}
+        for node in self.graph.order:
+            name = node_type(node)
+            if self.data[node] and name not in REGISTRY.rules:
+                count, paths = missing.get(name, (0, []))
+                path = self.paths.get(node)
+                missing[name] = (count + 1, paths + ([path] if path and path not in paths else []))
+        return missing
+
+    # -- the sweep ----------------------------------------------------------------------------
+    def run(self, start: torch.Tensor, output: torch.Tensor) -> Explanation:
+        graph = self.graph
+        pending: dict[Node, list[torch.Tensor | None]] = {}
+        input_relevance: dict[int, torch.Tensor] = {}
+        tokens: list[TokenRelevance] = []
+        rows: list[tuple] = []
+        fallbacks: dict[str, int] = {}
+        absorbed_total: dict[str, torch.Tensor] = {}
+        root_edge = (output.grad_fn, output.output_nr)
+        if root_edge in self.cut_inputs:
+            input_relevance[id(self.cut_inputs[root_edge])] = start
+        else:
+            pending[graph.root] = [None] * len(graph.root._input_metadata)
+            pending[graph.root][output.output_nr] = start
+        for node in graph.order:
+            relevance = pending.pop(node, None)
+            if relevance is None:
+                continue
+            name = node_type(node)
+            info = REGISTRY.rules.get(name)
+            path = self.paths.get(node, "")
+            ctx = NodeContext(node, self.store, self.preset.settings_for(name, path or None, node in self.first),
+                              self.edge_is_data)
+            result = self._apply(info, ctx, relevance, path, fallbacks)
+            in_total = sum(total(r) for r in relevance if r is not None)
+            out_total = torch.zeros((), dtype=torch.float64)
+            absorbed = {cause: torch.as_tensor(v, dtype=torch.float64) for cause, v in result.absorbed.items()}
+            for slot, r in enumerate(result.inputs):
+                if r is None:
+                    continue
+                edge = graph.edges[node][slot]
+                child, nr = edge
+                if child is None or not self.edge_is_data(edge):
+                    cause = "constant" if child is None else "parameter"
+                    absorbed[cause] = absorbed.get(cause, 0.0) + total(r)
+                    continue
+                expected = tuple(child._input_metadata[nr].shape)
+                if tuple(r.shape) != expected:
+                    raise RuleError(f"rule {info.name if info else FALLBACK} returned relevance of shape"
+                                    f" {tuple(r.shape)} for slot {slot} of {name}, expected {expected}")
+                out_total = out_total + total(r)
+                if edge in self.cut_inputs:
+                    key = id(self.cut_inputs[edge])
+                    input_relevance[key] = input_relevance[key] + r if key in input_relevance else r
+                    continue
+                slots = pending.setdefault(child, [None] * len(child._input_metadata))
+                slots[nr] = r if slots[nr] is None else slots[nr] + r
+            if result.sources is not None:
+                out_total = out_total + total(result.sources)
+                if node in self.leaf_inputs:
+                    input_relevance[id(self.leaf_inputs[node])] = result.sources
+                else:
+                    tokens.append(TokenRelevance(path, ctx.saved("indices"), result.sources))
+            for cause, value in absorbed.items():
+                absorbed_total[cause] = absorbed_total.get(cause, 0.0) + value
+            rows.append((name, info.name if info else FALLBACK, path, in_total, out_total, absorbed, info is None))
+        return self._finish(start, rows, input_relevance, tokens, fallbacks, absorbed_total)
+
+    def _apply(self, info, ctx: NodeContext, relevance, path: str, fallbacks: dict[str, int]) -> RuleResult:
+        if info is None:
+            fallbacks[ctx.type] = fallbacks.get(ctx.type, 0) + 1
+            return RuleResult(ctx.vjp(*relevance))
+        try:
+            return info.fn(ctx, relevance)
+        except DynLRPError:
+            raise
+        except Exception as err:
+            raise RuleError(f"rule {info.name} failed on {ctx.type} at {path or '<unknown module>'}: "
+                            f"{type(err).__name__}: {err}") from err
+
+    def _finish(self, start, rows, input_relevance, tokens, fallbacks, absorbed_total) -> Explanation:
+        scalars = [start.detach().to(torch.float64).sum()]
+        for _, _, _, rin, rout, absorbed, _ in rows:
+            scalars += [rin, rout, *absorbed.values()]
+        inputs_sum = sum((total(r) for r in input_relevance.values()), torch.zeros((), dtype=torch.float64))
+        inputs_sum = inputs_sum + sum((total(t.relevance) for t in tokens), torch.zeros((), dtype=torch.float64))
+        causes = sorted(absorbed_total)
+        scalars += [inputs_sum] + [absorbed_total[c] for c in causes]
+        values = iter(torch.stack([torch.as_tensor(s, dtype=torch.float64) for s in scalars]).tolist())
+        out_value = next(values)
+        records = []
+        for name, rule_name, path, _, _, absorbed, fallback in rows:
+            rin, rout = next(values), next(values)
+            ab = {cause: next(values) for cause in absorbed}
+            err = abs(rin - rout - sum(ab.values())) / max(abs(rin), 1e-300) if (rin or rout or ab) else 0.0
+            records.append(NodeRecord(name, rule_name, path, rin, rout, ab, err, fallback))
+        inputs_value = next(values)
+        absorbed_values = {c: next(values) for c in causes}
+        unexplained = abs(out_value - inputs_value - sum(absorbed_values.values())) / max(abs(out_value), 1e-300)
+        explained = [(t, input_relevance[id(t)] if id(t) in input_relevance else torch.zeros_like(t))
+                     for t in list(self.leaf_inputs.values()) + list(self.cut_inputs.values())]
+        if fallbacks:
+            warnings.warn(f"no LRP rule for {fallbacks}; these nodes used the gradient ({FALLBACK}), see"
+                          " Explanation.fallbacks", MissingRuleWarning, stacklevel=3)
+        return Explanation(
+            conservation=Conservation(out_value, inputs_value, absorbed_values, unexplained),
+            nodes=records, promises=self.store.finish(), tokens=tokens, fallbacks=fallbacks,
+            preset=self.preset.name, _inputs=explained)
+
+
+def explain(output: torch.Tensor, target: Any = None, *, rules: str | Preset = "epsilon",
+            inputs: Sequence[torch.Tensor] | None = None, seed: str = "value", strict: bool = False,
+            module_paths: Mapping[Node, str] | None = None,
+            recording: Recording | bool | None = None) -> Explanation:
+    """Explain ``output`` with LRP over its autograd graph; the model is not touched.
+
+    ``target``: see :func:`seed_relevance` (None = argmax, int, one int per row, or a relevance
+    tensor). ``rules``: a preset name (:mod:`dynlrp.presets`) or a :class:`Preset`. ``inputs``: the
+    tensors to explain (leaves that required grad, or intermediate tensors, which then cut the
+    sweep); default: every leaf that is not an ``nn.Parameter``. ``strict``: raise
+    :class:`MissingRuleError` for node types without a rule instead of the named gradient fallback.
+    ``module_paths``: node -> module path (filled in by :func:`dynlrp.audit`). ``recording``: the
+    values of a ``dynlrp.record()`` block (``None``: found automatically; ``False``: post hoc only).
+    """
+    _check_output(output)
+    preset = resolve(rules)
+    start = seed_relevance(output, target, seed)
+    sweep = _Sweep(output, inputs, preset, module_paths, recording)
+    if strict:
+        missing = sweep.missing_rules()
+        if missing:
+            raise MissingRuleError(missing)
+    with torch.no_grad():
+        return sweep.run(start, output)

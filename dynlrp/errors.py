@@ -1,0 +1,59 @@
+"""Named errors: every failure of the engine says what went wrong, where, and what to do."""
+from __future__ import annotations
+
+
+class DynLRPError(Exception):
+    """Base class of every error raised by dynlrp."""
+
+
+class NoGraphError(DynLRPError):
+    """The tensor to explain has no autograd graph (no ``grad_fn``)."""
+
+
+class TargetError(DynLRPError, ValueError):
+    """The ``target`` does not fit the output (index out of range, wrong shape or type)."""
+
+
+class InputError(DynLRPError, ValueError):
+    """A tensor passed in ``inputs`` is not part of the graph, or no input could be found."""
+
+
+class GraphFreedError(DynLRPError):
+    """The graph's saved tensors were freed (``backward()`` ran without ``retain_graph=True``)."""
+
+
+class InplaceModifiedError(DynLRPError):
+    """A tensor saved for backward was modified in place after it was saved."""
+
+
+class MissingValueError(DynLRPError):
+    """A forward value that a rule needs is not held by the graph (a constant operand, a frozen bias)."""
+
+
+class RuleError(DynLRPError):
+    """A rule failed or returned relevance of the wrong shape for a node."""
+
+
+class MissingRuleError(DynLRPError):
+    """Nodes without a rule were met while ``strict=True``.
+
+    ``missing`` maps each node type to ``(count, [module paths])``.
+    """
+
+    def __init__(self, missing: dict[str, tuple[int, list[str]]]):
+        self.missing = dict(missing)
+        lines = [
+            f"  {name} x{count} at {', '.join(paths[:5]) or '<unknown module>'}"
+            + (f" (+{len(paths) - 5} more)" if len(paths) > 5 else "")
+            for name, (count, paths) in sorted(self.missing.items())
+        ]
+        super().__init__(
+            "no LRP rule for these autograd node types:\n"
+            + "\n".join(lines)
+            + "\nregister one with dynlrp.rules.register(...), or call explain(strict=False) to use the"
+            " named gradient fallback"
+        )
+
+
+class MissingRuleWarning(UserWarning):
+    """Nodes without a rule were propagated with the named gradient fallback."""

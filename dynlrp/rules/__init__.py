@@ -1,0 +1,17 @@
+"""LRP rules, one module per op family, registered by autograd node type name."""
+from . import activation, elementwise, linear, normalization, pooling, reduction, shape, sources  # noqa: F401
+from .linear import LinearRule
+from .registry import REGISTRY, RuleInfo, replay, rule, saved_values
+
+
+def list_rules() -> list[RuleInfo]:
+    """Every registered rule with its family, node types and docstring (formula + absorption)."""
+    return REGISTRY.list_rules()
+
+
+def covered_node_types() -> set[str]:
+    """Node type names that have a rule."""
+    return set(REGISTRY.rules)
+
+
+__all__ = ["REGISTRY", "LinearRule", "RuleInfo", "covered_node_types", "list_rules", "replay", "rule", "saved_values"]

@@ -1,0 +1,39 @@
+"""Small numeric helpers shared by the rule families."""
+from __future__ import annotations
+
+import torch
+
+
+def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (zennit's convention), so ``|s| >= epsilon``."""
+    sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    return z + sign * epsilon
+
+
+def reduce_to_shape(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Sum ``t`` over the dimensions that broadcasting added or expanded to reach ``t.shape``."""
+    shape = torch.Size(shape)
+    if t.shape == shape:
+        return t
+    lead = t.dim() - len(shape)
+    if lead > 0:
+        t = t.sum(dim=tuple(range(lead)))
+    dims = tuple(i for i, (have, want) in enumerate(zip(t.shape, shape)) if want == 1 and have != 1)
+    if dims:
+        t = t.sum(dim=dims, keepdim=True)
+    return t.reshape(shape)
+
+
+def total(t: torch.Tensor) -> torch.Tensor:
+    """Sum in float64 (ledger precision independent of the model's dtype)."""
+    return t.detach().to(torch.float64).sum()
+
+
+def z_rule(x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor, vjp, epsilon: float):
+    """The z-rule for a homogeneous linear map ``z = f(x)``: ``R_x = x * f^T(R / s(z))``.
+
+    Returns ``(R_x, absorbed stabiliser)``, the latter ``sum (s - z) R / s``.
+    """
+    s = stabilize(z, epsilon)
+    c = relevance / s
+    return x * vjp(c), total((s - z) * c)

@@ -1,0 +1,139 @@
+"""Elementwise arithmetic: sums (add, sub, rsub, neg) and products (mul, div).
+
+Sums use the signed z-rule: for ``z = sum_k c_k a_k`` (``c_k`` = +-alpha), ``R_k = c_k a_k R / s(z)``
+with ``s(z) = z + eps * sign(z)``; absorbed: ``stabiliser = sum (s - z) R / s`` and, for operands
+that are outside the graph or are parameters, their share (booked as ``constant`` / ``parameter``).
+Broadcast operands get their relevance summed back to their own shape.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..context import NodeContext, RuleResult
+from .common import reduce_to_shape, stabilize, total
+from .registry import replay, rule, saved_values
+
+saved_values("MulBackward0", "DivBackward0", inputs={0: "_saved_self", 1: "_saved_other"})
+
+
+def _operands(ctx: NodeContext, coefficients: tuple[float, ...]):
+    """Operand values; a single operand outside the graph is recovered as ``(z - rest) / c``."""
+    values = [ctx.input(slot) if ctx.has_input(slot) else None for slot in range(ctx.num_inputs)]
+    missing = [slot for slot, value in enumerate(values) if value is None]
+    if len(missing) == 1:
+        rest = sum(c * v for c, v in zip(coefficients, values) if v is not None)
+        values[missing[0]] = (ctx.output() - rest) / coefficients[missing[0]]
+    elif missing:
+        values = [ctx.input(slot) for slot in range(ctx.num_inputs)]  # raises the named error
+    return values
+
+
+def _signed_sum(ctx: NodeContext, relevance, coefficients: tuple[float, ...]) -> RuleResult:
+    (r,) = relevance
+    values = _operands(ctx, coefficients)
+    terms = [c * v for c, v in zip(coefficients, values)]
+    z = sum(terms) if len(terms) > 1 else terms[0]
+    z = torch.broadcast_to(z, r.shape)
+    s = stabilize(z, ctx.settings.epsilon)
+    c = r / s
+    shares = tuple(reduce_to_shape(t * c, ctx.output_shapes[0] if v is None else v.shape)
+                   for t, v in zip(terms, values))
+    return RuleResult(shares, {"stabiliser": total((s - z) * c)})
+
+
+@rule("AddBackward0", "SubBackward0")
+def add(ctx: NodeContext, relevance):
+    """``z = a + alpha * b`` (Sub: ``a - alpha * b``): signed z-rule ``R_a = a R / s(z)``,
+    ``R_b = +-alpha b R / s(z)``. Absorbs the stabiliser share; shares of parameters/constants are
+    booked as ``parameter``/``constant``. A constant operand that is not saved is recovered exactly
+    as ``z - a`` when the output value is available."""
+    alpha = ctx.saved("alpha")
+    sign = 1.0 if ctx.type == "AddBackward0" else -1.0
+    return _signed_sum(ctx, relevance, (1.0, sign * alpha))
+
+
+@rule("RsubBackward0")
+def rsub(ctx: NodeContext, relevance):
+    """``z = other - alpha * self`` (slots: self, other): signed z-rule as for add."""
+    return _signed_sum(ctx, relevance, (-ctx.saved("alpha"), 1.0))
+
+
+@rule("AddBackward1", "SubBackward1", "RsubBackward1")
+def add_scalar(ctx: NodeContext, relevance):
+    """``z = x + c`` with a Python scalar ``c`` (``x - c``, ``c - alpha x``): ``R_x = a_x x R / s(z)``
+    with ``a_x = +1`` or ``-alpha``; the scalar's share ``(z - a_x x) R / s(z)`` is absorbed as
+    ``constant``, the stabiliser share as ``stabiliser``."""
+    (r,) = relevance
+    x, z = ctx.input(0), ctx.output()
+    coef = -ctx.saved("alpha") if ctx.type == "RsubBackward1" else 1.0
+    s = stabilize(z, ctx.settings.epsilon)
+    c = r / s
+    return RuleResult((coef * x * c,), {"constant": total((z - coef * x) * c), "stabiliser": total((s - z) * c)})
+
+
+@rule("NegBackward0", "MulBackward1", "DivBackward1")
+def scale(ctx: NodeContext, relevance):
+    """``z = c * x`` with a constant scalar ``c`` (neg: -1; mul/div by a Python number): the z-rule
+    ``R_x = c x R / (c x) = R`` exactly (no stabiliser needed for a one-term, bias-free map)."""
+    return RuleResult((relevance[0],))
+
+
+@rule("MulBackward0")
+def mul(ctx: NodeContext, relevance):
+    """``z = a * b`` elementwise. One factor a parameter/constant (a scale, a mask, rotary cos/sin):
+    all relevance to the data factor, ``R_x = R`` (summed over broadcast dims), exact. Both factors
+    depend on the input (a gate): the uniform rule ``R_a = R_b = R / 2`` (AttnLRP), exact."""
+    (r,) = relevance
+    data = [slot for slot in range(2) if ctx.is_data(slot)]
+    out: list = [None, None]
+    for slot in data:
+        out[slot] = reduce_to_shape(r / len(data), ctx.input_shape(slot))
+    return RuleResult(tuple(out))
+
+
+@rule("DivBackward0")
+def div(ctx: NodeContext, relevance):
+    """``z = a / b``: the divisor is a normaliser and treated as a constant, ``R_a = R`` (summed over
+    broadcast dims), exact. If only the divisor depends on the input (``c / x``), it is an
+    elementwise nonlinearity of ``x`` and gets ``R_b = R`` (identity rule)."""
+    (r,) = relevance
+    slot = 0 if ctx.is_data(0) else 1
+    out: list = [None, None]
+    out[slot] = reduce_to_shape(r, ctx.input_shape(slot))
+    return RuleResult(tuple(out))
+
+
+@replay("AddBackward0", "SubBackward0")
+def _add_forward(ctx: NodeContext):
+    sign = 1.0 if ctx.type == "AddBackward0" else -1.0
+    return (ctx.input(0) + sign * ctx.saved("alpha") * ctx.input(1),)
+
+
+@replay("RsubBackward0")
+def _rsub_forward(ctx: NodeContext):
+    return (ctx.input(1) - ctx.saved("alpha") * ctx.input(0),)
+
+
+@replay("NegBackward0")
+def _neg_forward(ctx: NodeContext):
+    return (-ctx.input(0),)
+
+
+@replay("MulBackward0")
+def _mul_forward(ctx: NodeContext):
+    return (ctx.input(0) * ctx.input(1),)
+
+
+@replay("DivBackward0")
+def _div_forward(ctx: NodeContext):
+    return (ctx.input(0) / ctx.input(1),)
+
+
+@replay("MulBackward1")
+def _mul_scalar_forward(ctx: NodeContext):
+    return (ctx.input(0) * ctx.saved("other"),)
+
+
+@replay("DivBackward1")
+def _div_scalar_forward(ctx: NodeContext):
+    return (ctx.input(0) / ctx.saved("other"),)

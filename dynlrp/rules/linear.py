@@ -1,0 +1,325 @@
+"""Linear layers: addmm / mm / bmm with a parameter operand, and every convolution.
+
+All of them are ``z = f(x, W) + b`` with ``f`` bilinear, so one implementation of the
+*modified-z* rules serves them all (zennit's BasicHook in closed form):
+
+    R_x = sum_g c_g * sum_{k in g} sign_k * m_k(x) * f_x^T(W_k, R_g / s(Z_g)),
+    Z_g = sum_{k in g} sign_k * (f(m_k(x), W_k) + b_k)
+
+where a *term* k modifies the input (``m_k``: x, x+, x-, 1, low, high) and the parameters
+(``W_k``, ``b_k``), a *group* g has a coefficient ``c_g``, a denominator ``Z_g`` and an output
+selection (all, z > 0, z < 0), and ``s(z) = z + eps * sign(z)``. Absorbed, per group:
+``bias = c_g * sum B_g R_g / s``, ``stabiliser = c_g * sum (s - Z_g) R_g / s`` (``B_g`` the
+signed modified biases), and ``rule = sum R - sum_g c_g * sum R_g`` (outputs no group selects, or
+coefficients that do not sum to one). Products of two activations get the uniform rule.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..context import NodeContext, RuleResult
+from .common import stabilize, total
+from .registry import replay, rule, saved_values
+
+# ----------------------------------------------------------------------------------------------
+# rule specifications
+
+
+@dataclass(frozen=True)
+class LinearRule:
+    """A linear-layer rule with its conventions.
+
+    ``kind``: ``epsilon`` | ``zplus`` | ``alpha_beta`` | ``gamma`` | ``zbox`` | ``flat`` |
+    ``wsquare``. ``epsilon`` is the stabiliser of every kind (``s = z + eps * sign(z)``, sign(0)=+1).
+    ``gamma`` for the gamma rule; ``alpha``/``beta`` for alpha-beta; ``low``/``high`` (float or a
+    tensor broadcastable to the input) for ZBox.
+    """
+
+    kind: str = "epsilon"
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    alpha: float = 2.0
+    beta: float = 1.0
+    low: float | torch.Tensor = 0.0
+    high: float | torch.Tensor = 1.0
+
+    def __post_init__(self):
+        if self.kind not in GROUPS:
+            raise ValueError(f"unknown linear rule kind {self.kind!r}; choose from {sorted(GROUPS)}")
+        if self.kind == "alpha_beta" and abs(self.alpha - self.beta - 1.0) > 1e-12:
+            raise ValueError("alpha_beta needs alpha - beta == 1 to conserve relevance")
+
+
+@dataclass(frozen=True)
+class Term:
+    sign: float
+    x: str  # "x" | "pos" | "neg" | "ones" | "low" | "high"
+    w: Callable[[torch.Tensor], torch.Tensor]
+    b: Callable[[torch.Tensor], torch.Tensor] | None  # None: no bias in this term
+
+
+@dataclass(frozen=True)
+class Group:
+    coef: float
+    select: str  # "all" | "pos" | "neg" (sign of the unmodified output z)
+    terms: tuple[Term, ...]
+
+
+def _same(t):
+    return t
+
+
+def _pos(t):
+    return t.clamp(min=0)
+
+
+def _neg(t):
+    return t.clamp(max=0)
+
+
+def _gamma_pos(gamma):
+    return lambda t: t + gamma * t.clamp(min=0)
+
+
+def _gamma_neg(gamma):
+    return lambda t: t + gamma * t.clamp(max=0)
+
+
+def _epsilon(spec):
+    return (Group(1.0, "all", (Term(1.0, "x", _same, _same),)),)
+
+
+def _zplus(spec):
+    return (Group(1.0, "all", (Term(1.0, "pos", _pos, _pos), Term(1.0, "neg", _neg, None))),)
+
+
+def _alpha_beta(spec):
+    return (
+        Group(spec.alpha, "all", (Term(1.0, "pos", _pos, _pos), Term(1.0, "neg", _neg, None))),
+        Group(-spec.beta, "all", (Term(1.0, "pos", _neg, _neg), Term(1.0, "neg", _pos, None))),
+    )
+
+
+def _gamma(spec):
+    up, down = _gamma_pos(spec.gamma), _gamma_neg(spec.gamma)
+    return (
+        Group(1.0, "pos", (Term(1.0, "pos", up, up), Term(1.0, "neg", down, None))),
+        Group(1.0, "neg", (Term(1.0, "pos", down, down), Term(1.0, "neg", up, None))),
+    )
+
+
+def _zbox(spec):
+    return (Group(1.0, "all", (Term(1.0, "x", _same, _same), Term(-1.0, "low", _pos, _pos),
+                               Term(-1.0, "high", _neg, _neg))),)
+
+
+def _flat(spec):
+    return (Group(1.0, "all", (Term(1.0, "ones", torch.ones_like, None),)),)
+
+
+def _wsquare(spec):
+    square = lambda t: t * t  # noqa: E731
+    return (Group(1.0, "all", (Term(1.0, "ones", square, square),)),)
+
+
+GROUPS = {"epsilon": _epsilon, "zplus": _zplus, "alpha_beta": _alpha_beta, "gamma": _gamma,
+          "zbox": _zbox, "flat": _flat, "wsquare": _wsquare}
+
+
+# ----------------------------------------------------------------------------------------------
+# the bilinear ops
+
+
+@dataclass
+class BilinearOp:
+    """``z = forward(x, W) + b``; ``vjp(W, g)`` is the gradient w.r.t. ``x``; ``bias(b, z)`` the bias as z."""
+
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    vjp: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, W, g) -> grad x
+    bias: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _matmul_op(data_first: bool) -> BilinearOp:
+    if data_first:
+        return BilinearOp(lambda x, w: x @ w, lambda x, w, g: g @ w.transpose(-1, -2),
+                          lambda b, z: b.expand_as(z))
+    return BilinearOp(lambda x, w: w @ x, lambda x, w, g: w.transpose(-1, -2) @ g,
+                      lambda b, z: b.expand_as(z))
+
+
+def _conv_op(ctx: NodeContext) -> BilinearOp:
+    stride, padding, dilation = ctx.saved("stride"), ctx.saved("padding"), ctx.saved("dilation")
+    transposed, out_pad, groups = ctx.saved("transposed"), ctx.saved("output_padding"), ctx.saved("groups")
+
+    def forward(x, w):
+        return torch.ops.aten.convolution(x, w, None, stride, padding, dilation, transposed, out_pad, groups)
+
+    def vjp(x, w, g):
+        return torch.ops.aten.convolution_backward(
+            g, x, w, None, stride, padding, dilation, transposed, out_pad, groups, [True, False, False])[0]
+
+    def bias(b, z):  # a per-channel bias, or an output-shaped one recovered from z
+        return (b if b.dim() == z.dim() else b.view((1, -1) + (1,) * (z.dim() - 2))).expand_as(z)
+
+    return BilinearOp(forward, vjp, bias)
+
+
+def _modified_input(kind: str, x: torch.Tensor, spec: LinearRule) -> torch.Tensor:
+    if kind == "x":
+        return x
+    if kind == "pos":
+        return x.clamp(min=0)
+    if kind == "neg":
+        return x.clamp(max=0)
+    if kind == "ones":
+        return torch.ones_like(x)
+    bound = spec.low if kind == "low" else spec.high
+    return torch.as_tensor(bound).to(x).expand_as(x)
+
+
+def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+               z: torch.Tensor, relevance: torch.Tensor, spec: LinearRule):
+    """The modified-z rule (module docstring) for one layer; returns ``(R_x, absorbed)``."""
+    r_x = torch.zeros_like(x)
+    absorbed = {"bias": 0.0, "stabiliser": 0.0, "rule": total(relevance)}
+    for group in GROUPS[spec.kind](spec):
+        if group.select == "all":
+            r_g = relevance
+        else:
+            r_g = relevance * ((z > 0) if group.select == "pos" else (z < 0)).to(relevance.dtype)
+        inputs = [_modified_input(term.x, x, spec) for term in group.terms]
+        big_z = sum(term.sign * op.forward(xk, term.w(w)) for term, xk in zip(group.terms, inputs))
+        big_b = None
+        if b is not None:
+            for term in group.terms:
+                if term.b is not None:
+                    part = term.sign * op.bias(term.b(b), big_z)
+                    big_b = part if big_b is None else big_b + part
+        if big_b is not None:
+            big_z = big_z + big_b
+        s = stabilize(big_z, spec.epsilon)
+        c = r_g / s
+        for term, xk in zip(group.terms, inputs):
+            r_x = r_x + (group.coef * term.sign) * xk * op.vjp(xk, term.w(w), c)
+        if big_b is not None:
+            absorbed["bias"] = absorbed["bias"] + group.coef * total(big_b * c)
+        absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * total((s - big_z) * c)
+        absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
+    return r_x, absorbed
+
+
+def uniform_product(a: torch.Tensor, b: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor,
+                    forward, epsilon: float):
+    """AttnLRP's uniform rule for ``z = f(a, b)`` bilinear in two activations.
+
+    ``R_a = 1/2 * a * d f(a, b)/da^T (R / s(z))`` and likewise ``R_b``; since ``f`` is bilinear,
+    ``sum R_a = sum R_b = 1/2 sum z R / s(z)``. Absorbed: ``stabiliser = sum (s - z) R / s``.
+    """
+    s = stabilize(z, epsilon)
+    c = relevance / s
+    a_ = a.detach().requires_grad_(True)
+    b_ = b.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = forward(a_, b_)
+        grad_a, grad_b = torch.autograd.grad(out, (a_, b_), c)
+    return 0.5 * a * grad_a, 0.5 * b * grad_b, {"stabiliser": total((s - z) * c)}
+
+
+# ----------------------------------------------------------------------------------------------
+# rules
+
+saved_values("AddmmBackward0", inputs={1: "_saved_mat1", 2: "_saved_mat2"})
+saved_values("MmBackward0", "BmmBackward0", inputs={0: "_saved_self", 1: "_saved_mat2"})
+saved_values("ConvolutionBackward0", inputs={0: "_saved_input", 1: "_saved_weight"})
+
+
+def _bias(ctx: NodeContext, slot: int, without_bias: torch.Tensor) -> torch.Tensor:
+    """The bias operand; one outside the graph (frozen) is recovered as ``z - f(x, W)``."""
+    return ctx.input(slot) if ctx.has_input(slot) else ctx.output() - without_bias
+
+
+def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot: int,
+                  bias_slot: int | None, scale: tuple[float, float] = (1.0, 1.0)) -> RuleResult:
+    """Shared by mm / bmm / addmm: linear rule when one operand is a parameter, else uniform."""
+    a, b = ctx.input(a_slot), ctx.input(b_slot)
+    alpha, beta = scale
+    product = alpha * (a @ b)
+    bias = None
+    if bias_slot is not None:
+        bias = beta * ctx.input(bias_slot) if ctx.has_input(bias_slot) else ctx.output() - product
+    out: list[torch.Tensor | None] = [None] * ctx.num_inputs
+    if ctx.is_data(a_slot) and ctx.is_data(b_slot):
+        z = product if bias is None else product + bias
+        r_a, r_b, absorbed = uniform_product(a, b, z, relevance, lambda p, q: alpha * (p @ q), ctx.settings.epsilon)
+        if bias is not None:
+            s = stabilize(z, ctx.settings.epsilon)
+            absorbed["bias"] = total(torch.broadcast_to(bias, z.shape) * relevance / s)
+        out[a_slot], out[b_slot] = r_a, r_b
+        return RuleResult(tuple(out), absorbed)
+    data_first = ctx.is_data(a_slot)
+    x, w = (a, alpha * b) if data_first else (b, alpha * a)
+    op = _matmul_op(data_first)
+    z = product if bias is None else product + bias
+    r_x, absorbed = modified_z(op, x, w, bias, z, relevance, ctx.settings.linear)
+    out[a_slot if data_first else b_slot] = r_x
+    return RuleResult(tuple(out), absorbed)
+
+
+@rule("AddmmBackward0")
+def addmm(ctx: NodeContext, relevance):
+    """``z = beta * b + alpha * x @ W``: the preset's linear rule (epsilon, gamma, z+, ...) with ``x``
+    the operand that depends on the input. Absorbs the bias share ``sum b_j R_j / s_j``, the
+    stabiliser share, and any rule term (module docstring). Both operands data: uniform rule."""
+    return _product_rule(ctx, relevance[0], 1, 2, 0, (ctx.saved("alpha"), ctx.saved("beta")))
+
+
+@rule("MmBackward0", "BmmBackward0")
+def matmul(ctx: NodeContext, relevance):
+    """``z = A @ B`` (batched or not): the preset's linear rule when one operand is a parameter
+    or constant (no bias; absorbs the stabiliser share); when both depend on the input, the
+    uniform rule ``R_A = R_B = 1/2 * epsilon-LRP`` (AttnLRP)."""
+    return _product_rule(ctx, relevance[0], 0, 1, None)
+
+
+@rule("ConvolutionBackward0")
+def convolution(ctx: NodeContext, relevance):
+    """Every ``aten.convolution`` (1d/2d/3d, transposed, grouped/depthwise, strided, dilated, with
+    or without bias): ``z = conv(x, W) + b`` with the preset's linear rule. Absorbs the bias share
+    ``sum b_c R / s``, the stabiliser share and any rule term (module docstring)."""
+    x, w = ctx.input(0), ctx.input(1)
+    op = _conv_op(ctx)
+    z = op.forward(x, w)
+    bias = None
+    if ctx.saved("bias_sym_sizes_opt") is not None:
+        bias = _bias(ctx, 2, z)
+        z = z + op.bias(bias, z)
+    r_x, absorbed = modified_z(op, x, w, bias, z, relevance[0], ctx.settings.linear)
+    return RuleResult((r_x, None, None), absorbed)
+
+
+# ----------------------------------------------------------------------------------------------
+# forward replays
+
+
+@replay("AddmmBackward0")
+def _addmm_forward(ctx: NodeContext):
+    return (torch.addmm(ctx.input(0), ctx.input(1), ctx.input(2), beta=ctx.saved("beta"), alpha=ctx.saved("alpha")),)
+
+
+@replay("MmBackward0", "BmmBackward0")
+def _matmul_forward(ctx: NodeContext):
+    return (ctx.input(0) @ ctx.input(1),)
+
+
+@replay("ConvolutionBackward0")
+def _conv_forward(ctx: NodeContext):
+    bias = ctx.input(2) if ctx.saved("bias_sym_sizes_opt") is not None else None
+    return (torch.ops.aten.convolution(ctx.input(0), ctx.input(1), bias, ctx.saved("stride"),
+                                       ctx.saved("padding"), ctx.saved("dilation"), ctx.saved("transposed"),
+                                       ctx.saved("output_padding"), ctx.saved("groups")),)
+
+
+__all__ = ["LinearRule", "modified_z", "uniform_product"]

@@ -1,0 +1,134 @@
+"""Shape and routing ops: every output element is a copy of one input element (or a sum of copies).
+
+Rule (``route``): ``R_in = J^T R``, the node's own backward applied to the relevance. Each output
+element hands its relevance to the element it was copied from, so relevance is conserved exactly
+(expand/repeat sum the copies back). Constant padding is the exception: padded elements have no
+source, and their relevance is absorbed as ``constant``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..context import NodeContext, RuleResult
+from .common import total
+from .registry import replay, rule
+
+RESHAPES = ("ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "SqueezeBackward0",
+            "SqueezeBackward1", "SqueezeBackward2", "UnsqueezeBackward0")
+IDENTITIES = ("CloneBackward0", "AliasBackward0", "ToCopyBackward0", "LiftFreshBackward0")
+ROUTES = RESHAPES + IDENTITIES + (
+    "PermuteBackward0", "TransposeBackward0", "TBackward0", "ExpandBackward0", "SliceBackward0",
+    "SelectBackward0", "IndexBackward0", "CatBackward0", "StackBackward0", "SplitBackward0",
+    "SplitWithSizesBackward0", "UnsafeSplitBackward0", "UnbindBackward0", "RepeatBackward0",
+    "FlipBackward0", "RollBackward0",
+)
+
+
+@rule(*ROUTES)
+def route(ctx: NodeContext, relevance):
+    """Routing: ``R_in = J^T R`` (the node's own VJP). Each output element is a copy of exactly one
+    input element, so the map is a 0/1 matrix with one 1 per row: exact conservation, nothing
+    absorbed."""
+    return RuleResult(ctx.vjp(*relevance))
+
+
+@rule("ConstantPadNdBackward0")
+def constant_pad(ctx: NodeContext, relevance):
+    """Constant padding: ``R_in = crop(R)``; the relevance on padded positions has no source in the
+    input and is absorbed as ``constant`` (``sum R * pad_mask``)."""
+    (r,) = relevance
+    (r_in,) = ctx.vjp(r)
+    inside = F.pad(torch.ones_like(r_in), list(ctx.saved("pad")), value=0.0)
+    return RuleResult((r_in,), {"constant": total(r * (1 - inside))})
+
+
+# forward replays ---------------------------------------------------------------------------------
+
+
+@replay(*RESHAPES)
+def _reshape_forward(ctx: NodeContext):
+    return (ctx.input(0).reshape(ctx.output_shapes[0]),)
+
+
+@replay(*IDENTITIES)
+def _identity_forward(ctx: NodeContext):
+    meta = ctx.node._input_metadata[0]
+    return (ctx.input(0).to(dtype=meta.dtype, device=meta.device),)
+
+
+@replay("PermuteBackward0")
+def _permute_forward(ctx: NodeContext):
+    return (ctx.input(0).permute(ctx.saved("dims")),)
+
+
+@replay("TransposeBackward0")
+def _transpose_forward(ctx: NodeContext):
+    return (ctx.input(0).transpose(ctx.saved("dim0"), ctx.saved("dim1")),)
+
+
+@replay("TBackward0")
+def _t_forward(ctx: NodeContext):
+    return (ctx.input(0).t(),)
+
+
+@replay("ExpandBackward0")
+def _expand_forward(ctx: NodeContext):
+    return (ctx.input(0).expand(ctx.output_shapes[0]),)
+
+
+@replay("SliceBackward0")
+def _slice_forward(ctx: NodeContext):
+    dim = ctx.saved("dim")
+    index = (slice(None),) * dim + (slice(ctx.saved("start"), ctx.saved("end"), ctx.saved("step")),)
+    return (ctx.input(0)[index],)
+
+
+@replay("SelectBackward0")
+def _select_forward(ctx: NodeContext):
+    return (ctx.input(0).select(ctx.saved("dim"), ctx.saved("index")),)
+
+
+@replay("IndexBackward0")
+def _index_forward(ctx: NodeContext):
+    return (ctx.input(0)[tuple(ctx.saved("indices"))],)
+
+
+@replay("CatBackward0")
+def _cat_forward(ctx: NodeContext):
+    return (torch.cat([ctx.input(i) for i in range(ctx.num_inputs)], ctx.saved("dim")),)
+
+
+@replay("StackBackward0")
+def _stack_forward(ctx: NodeContext):
+    return (torch.stack([ctx.input(i) for i in range(ctx.num_inputs)], ctx.saved("dim")),)
+
+
+@replay("SplitBackward0", "UnsafeSplitBackward0")
+def _split_forward(ctx: NodeContext):
+    return tuple(ctx.input(0).split(ctx.saved("split_size"), ctx.saved("dim")))
+
+
+@replay("SplitWithSizesBackward0")
+def _split_sizes_forward(ctx: NodeContext):
+    return tuple(ctx.input(0).split(list(ctx.saved("split_sizes")), ctx.saved("dim")))
+
+
+@replay("UnbindBackward0")
+def _unbind_forward(ctx: NodeContext):
+    return tuple(ctx.input(0).unbind(ctx.saved("dim")))
+
+
+@replay("RepeatBackward0")
+def _repeat_forward(ctx: NodeContext):
+    return (ctx.input(0).repeat(ctx.saved("repeats")),)
+
+
+@replay("FlipBackward0")
+def _flip_forward(ctx: NodeContext):
+    return (ctx.input(0).flip(ctx.saved("dims")),)
+
+
+@replay("RollBackward0")
+def _roll_forward(ctx: NodeContext):
+    return (ctx.input(0).roll(ctx.saved("shifts"), ctx.saved("dims")),)

@@ -1,0 +1,188 @@
+"""The Promise System: forward values on graph edges, recovered from what the graph saved.
+
+A rule asks for the value on one of its node's input slots. If the node saved it, that is read.
+Otherwise the request is a *promise*: it is resolved from, in order, a leaf's variable, a recorded
+value (``dynlrp.record()``), a ``_saved_*`` tensor of the producer (its result) or of any other consumer
+of the same edge (its input), or by *replaying* the producer's forward from its own inputs, which
+may in turn raise nested promises further down the branch until an *arg node* whose value can be
+read. Resolution is iterative and memoised: each edge is resolved at most once per explanation, so
+the total extra work is O(nodes + edges) and deep pass-through chains cannot hit the recursion limit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import MissingValueError
+from .graph import Edge, Graph, Node, node_type
+from .saved import read_saved
+
+if TYPE_CHECKING:
+    from .record import Recording
+    from .rules.registry import Registry
+
+
+class NeedValue(Exception):  # noqa: N818 - control flow, not an error
+    """Raised inside a replay when an input value is not resolved yet (internal control flow)."""
+
+    def __init__(self, edge: Edge):
+        super().__init__(edge)
+        self.edge = edge
+
+
+@dataclass
+class PromiseStats:
+    """The paper's Table 4 quantities for one explanation.
+
+    ``promises``: input values that rules needed and their node had not saved. ``generating_nodes``:
+    nodes that issued at least one promise. ``internal_nodes``: nodes whose output was recomputed by
+    a forward replay to keep a promise. ``delta``: sum over promises of the number of replayed forward
+    steps between the requesting node and the arg node(s) that held the value. ``rho``:
+    generating nodes / all nodes of the graph.
+    """
+
+    promises: int = 0
+    generating_nodes: int = 0
+    internal_nodes: int = 0
+    delta: int = 0
+    total_nodes: int = 0
+
+    @property
+    def rho(self) -> float:
+        return self.generating_nodes / self.total_nodes if self.total_nodes else 0.0
+
+
+class ValueStore:
+    """Forward values of a graph's edges, resolved on demand."""
+
+    def __init__(self, graph: Graph, registry: Registry, recording: Recording | None = None):
+        self.graph = graph
+        self.registry = registry
+        self.recording = recording
+        self.memo: dict[Edge, torch.Tensor] = {}
+        self.depth: dict[Edge, int] = {}
+        self.stats = PromiseStats(total_nodes=len(graph))
+        self._generating: set[Node] = set()
+        self._replayed: set[Node] = set()
+
+    # -- public -------------------------------------------------------------------------------
+    def input_value(self, node: Node, slot: int) -> torch.Tensor:
+        """The forward value on ``node``'s input ``slot`` (a promise if ``node`` did not save it)."""
+        own = self._own_saved_input(node, slot)
+        if own is not None:
+            return own
+        child, nr = self.graph.edges[node][slot]
+        if child is None:
+            return self._constant(node, slot)
+        self.stats.promises += 1
+        if node not in self._generating:
+            self._generating.add(node)
+            self.stats.generating_nodes += 1
+        value = self.resolve((child, nr))
+        self.stats.delta += self.depth[(child, nr)]
+        return value
+
+    def output_value(self, node: Node, nr: int = 0) -> torch.Tensor:
+        """The forward value of ``node``'s output ``nr``."""
+        return self.resolve((node, nr))
+
+    def lookup_input(self, node: Node, slot: int) -> torch.Tensor:
+        """Inside a replay: the input value if known now, else raise :class:`NeedValue`."""
+        own = self._own_saved_input(node, slot)
+        if own is not None:
+            return own
+        edge = self.graph.edges[node][slot]
+        if edge[0] is None:
+            return self._constant(node, slot)
+        if edge in self.memo:
+            return self.memo[edge]
+        raise NeedValue(edge)
+
+    # -- resolution -----------------------------------------------------------------------------
+    def resolve(self, edge: Edge) -> torch.Tensor:
+        if edge in self.memo:
+            return self.memo[edge]
+        from .context import NodeContext
+
+        stack = [edge]
+        while stack:
+            top = stack[-1]
+            if top in self.memo:
+                stack.pop()
+                continue
+            direct = self._direct(top)
+            if direct is not None:
+                self.memo[top], self.depth[top] = direct, 0
+                stack.pop()
+                continue
+            node = top[0]
+            replay = self.registry.replays.get(node_type(node))
+            if replay is None:
+                raise MissingValueError(
+                    f"the forward output of {node_type(node)} is needed by a rule, but no node saved it"
+                    f" and {node_type(node)} has no forward replay; run the forward inside"
+                    " dynlrp.record(), or register a replay for it with dynlrp.rules.replay(...)"
+                )
+            ctx = NodeContext(node, self, replaying=True)
+            try:
+                outputs = replay(ctx)
+            except NeedValue as need:
+                stack.append(need.edge)
+                continue
+            stack.pop()
+            inner = [self.depth.get(e, 0) for e in self.graph.edges[node] if e[0] is not None and e in self.depth]
+            depth = 1 + max(inner, default=0)
+            for nr, value in enumerate(outputs):
+                if value is not None:
+                    self.memo[(node, nr)], self.depth[(node, nr)] = value.detach(), depth
+            if node not in self._replayed:
+                self._replayed.add(node)
+                self.stats.internal_nodes += 1
+            if top not in self.memo:
+                raise MissingValueError(f"the replay of {node_type(node)} did not produce output {top[1]}")
+        return self.memo[edge]
+
+    def _direct(self, edge: Edge) -> torch.Tensor | None:
+        """A value readable without computation: leaf variable, recording, saved result or input."""
+        node, nr = edge
+        if hasattr(node, "variable"):
+            return node.variable.detach()
+        if self.recording is not None:
+            recorded = self.recording.output(node, nr)
+            if recorded is not None:
+                return recorded
+        saved = self.registry.saved.get(node_type(node))
+        if saved is not None and nr in saved.outputs:
+            value = read_saved(node, saved.outputs[nr])
+            if isinstance(value, torch.Tensor):
+                return value.detach()
+        for consumer, slot, out_nr in self.graph.consumers.get(node, ()):
+            if out_nr == nr:
+                value = self._own_saved_input(consumer, slot)
+                if value is not None:
+                    return value
+        return None
+
+    def _own_saved_input(self, node: Node, slot: int) -> torch.Tensor | None:
+        saved = self.registry.saved.get(node_type(node))
+        if saved is None or slot not in saved.inputs:
+            return None
+        value = read_saved(node, saved.inputs[slot])
+        return value.detach() if isinstance(value, torch.Tensor) else None
+
+    def _constant(self, node: Node, slot: int) -> torch.Tensor:
+        raise MissingValueError(
+            f"{node_type(node)} input slot {slot} is an operand outside the autograd graph (a frozen"
+            " parameter, buffer or constant tensor) and the node did not save it; rules that can derive"
+            " it from the node's output do so, which needs the output kept: run the forward inside"
+            " `with dynlrp.record():`"
+        )
+
+    def finish(self) -> PromiseStats:
+        return self.stats
+
+
+def as_tuple(value: Any) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
