@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from .engine import explain
-from .errors import DynLRPError
+from .errors import DynLRPError, MissingRuleWarning
 from .explanation import Explanation
 from .graph import Graph, node_type
 from .modules import track_modules
@@ -172,7 +173,9 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
     coverage = sum(s.count for s in ops.values() if s.covered) / len(graph)
     exp, error = None, None
     try:
-        exp = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths, recording=False)
+        with warnings.catch_warnings():  # the report lists missing rules itself
+            warnings.simplefilter("ignore", MissingRuleWarning)
+            exp = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths, recording=False)
     except DynLRPError as err:
         error = f"{type(err).__name__}: {err}"
     activations = check_activations(graph, recording)

@@ -65,14 +65,17 @@ def seed_relevance(output: torch.Tensor, target: Any, seed: str = "value") -> to
     classes = out.shape[-1]
     if target is None:
         index = out.argmax(-1, keepdim=True)
-    elif isinstance(target, bool) or not isinstance(target, (int, Sequence, torch.Tensor)):
+    elif isinstance(target, (bool, str)) or not isinstance(target, (int, Sequence, torch.Tensor)):
         raise TargetError(f"target must be None, an int, one int per row, or a tensor; got {type(target).__name__}")
     elif isinstance(target, int):
         if not -classes <= target < classes:
             raise TargetError(f"target {target} is out of range for {classes} outputs (last dimension)")
         index = torch.full(out.shape[:-1] + (1,), target % classes, dtype=torch.long, device=out.device)
     else:
-        rows = torch.as_tensor(target, device=out.device)
+        try:
+            rows = torch.as_tensor(target, device=out.device)
+        except (TypeError, ValueError) as err:
+            raise TargetError(f"cannot read target {target!r} as class indices: {err}") from err
         if rows.dim() != 1 or rows.dtype in (torch.bool,) or rows.is_floating_point():
             raise TargetError("a per-row target must be a flat list of integer class indices")
         if out.dim() < 2 or rows.numel() != out.shape[0]:

@@ -54,7 +54,8 @@ def add(ctx: NodeContext, relevance):
 
 @rule("RsubBackward0")
 def rsub(ctx: NodeContext, relevance):
-    """``z = other - alpha * self`` (slots: self, other): signed z-rule as for add."""
+    """``z = other - alpha * self`` (slots: self, other): signed z-rule as for add,
+    ``R_self = -alpha self R / s(z)``, ``R_other = other R / s(z)``; absorbs the stabiliser share."""
     return _signed_sum(ctx, relevance, (-ctx.saved("alpha"), 1.0))
 
 

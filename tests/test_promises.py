@@ -1,0 +1,152 @@
+"""The Promise System: recovered forward values equal the values recorded during the forward."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import dynlrp
+from dynlrp.audit import check_activations
+from dynlrp.graph import Graph, node_type
+from dynlrp.rules import REGISTRY
+from dynlrp.values import ValueStore
+
+
+def _recorded(model, x):
+    with dynlrp.record() as rec:
+        out = model(x)
+    return out, rec
+
+
+def _check_all(out, rec, tol=0.0):
+    graph = Graph.build(out.grad_fn)
+    check = check_activations(graph, rec)
+    assert check.unavailable == {}
+    assert check.checked > 0
+    assert check.max_error <= tol
+    return check
+
+
+class ResidualMLP(nn.Module):
+    def __init__(self, width=8, depth=3):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + torch.relu(layer(x))  # residual: AddBackward0 saves nothing
+        return self.head(x.sum(0, keepdim=True) + x)
+
+
+def test_activation_k_pass_through_nodes_away():
+    """A rule that needs its input gets it from an arg node 12 view/permute/clone steps below."""
+    x = torch.randn(2, 3, 4, requires_grad=True)
+
+    def forward(t):
+        h = torch.tanh(t)  # TanhBackward0 saves its result: the arg node
+        for _ in range(4):
+            h = h.permute(2, 0, 1).clone().permute(1, 2, 0)
+        return h.reshape(4, 6).sum(1) * 2.0  # SumBackward1 saves no input: a promise
+
+    with dynlrp.record() as rec:
+        recorded = forward(x)
+    _check_all(recorded, rec)
+    out = forward(x)
+    exp = dynlrp.explain(out, target=torch.ones_like(out), inputs=[x], recording=False)
+    assert exp.promises.promises == 1
+    assert exp.promises.delta == 13  # reshape + 4 x (permute, clone, permute) replayed
+    assert exp.promises.internal_nodes == 14  # the 13 above, and the sum itself (its z)
+    assert exp.conservation.unexplained < 1e-5
+
+
+def test_lost_constant_is_a_named_error_and_record_fixes_it():
+    """``h + 1.0`` keeps no trace of the 1.0 and ``* 2.0`` does not save its input: post hoc the
+    add's share cannot be computed; inside record() it can."""
+    x = torch.randn(3, 4, requires_grad=True)
+    out = (torch.tanh(x).sum(1) + 1.0) * 2.0
+    with pytest.raises(dynlrp.MissingValueError, match="record"):
+        dynlrp.explain(out, target=torch.ones_like(out), inputs=[x], recording=False)
+    with dynlrp.record():
+        out = (torch.tanh(x).sum(1) + 1.0) * 2.0
+    exp = dynlrp.explain(out, target=torch.ones_like(out), inputs=[x])
+    z = torch.tanh(x).sum(1).detach() + 1.0
+    # the mul by 2.0 passes R = 1 through; the add gives the constant 1.0 the share 1.0 * R / s(z)
+    assert exp.conservation.absorbed["constant"] == pytest.approx((1.0 / (z + 1e-6 * torch.sign(z))).sum().item(),
+                                                                  rel=1e-5)
+    assert exp.conservation.unexplained < 1e-5
+
+
+def test_nested_promises_resolve_once_per_edge():
+    """A promise whose resolution needs other promises (sum -> add -> two views of one leaf)."""
+    x = torch.randn(3, 4, requires_grad=True)
+    a = x.t().reshape(2, 6)
+    b = (x * 3.0).t().reshape(2, 6)
+    s = (a + b).sum(1)  # SumBackward1 needs its input: promise -> Add (replay) -> views (replay)
+    graph = Graph.build(s.grad_fn)
+    store = ValueStore(graph, REGISTRY)
+    value = store.output_value(graph.root)
+    torch.testing.assert_close(value, ((x.t().reshape(2, 6)) * 4.0).sum(1).detach(), rtol=0, atol=1e-6)
+    replayed = store.stats.internal_nodes
+    store.output_value(graph.root)  # memoised: no new work
+    assert store.stats.internal_nodes == replayed
+
+
+def test_residual_deadlock_pattern():
+    """The paper's 4.3.3 pattern: a residual Add whose two branches share a node, one of which
+    needs the Add's own output downstream. Every node propagates exactly once."""
+    model = ResidualMLP().double()
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    out, rec = _recorded(model, x)
+    _check_all(out, rec)
+    exp = dynlrp.explain(out, target=0, inputs=[x], recording=False)
+    types = [row.node_type for row in exp.nodes]
+    graph = Graph.build(out.grad_fn)
+    data_nodes = [n for n in graph.order if node_type(n) != "AccumulateGrad" or n.variable is x]
+    assert len(types) == len([n for n in data_nodes if node_type(n) != "TBackward0"])
+    assert max(row.error for row in exp.nodes) < 1e-10
+    assert exp.conservation.unexplained < 1e-10
+
+
+def test_frozen_weights_recover_inputs():
+    """With frozen weights mm/addmm/conv do not save their input: promises recover it."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).double()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    conv = out.grad_fn
+    assert conv is not None
+    with dynlrp.record():
+        out2 = net(x)
+    exp_rec = dynlrp.explain(out2, target=[0, 1], inputs=[x])
+    trainable = nn.Sequential(*[m for m in net]).double()
+    for p in trainable.parameters():
+        p.requires_grad_(True)
+    exp_ref = dynlrp.explain(trainable(x), target=[0, 1], inputs=[x])
+    torch.testing.assert_close(exp_rec.relevance(x), exp_ref.relevance(x), rtol=1e-9, atol=1e-12)
+
+
+def test_frozen_bias_without_record_is_a_named_error():
+    lin = nn.Linear(4, 3).double().requires_grad_(False)
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    out = lin(x).sum(1)  # SumBackward1 saves no input: the addmm output is nowhere in the graph
+    with pytest.raises(dynlrp.MissingValueError, match="record"):
+        dynlrp.explain(out, target=torch.ones_like(out), inputs=[x], recording=False)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50"])
+def test_recovered_activations_equal_recorded_torchvision(name):
+    model = getattr(torchvision.models, name)().eval()
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    out, rec = _recorded(model, x)
+    check = _check_all(out, rec, tol=1e-6)
+    assert check.checked >= 30
+
+
+def test_residual_mlp_recovered_activations():
+    model = ResidualMLP()
+    x = torch.randn(4, 8, requires_grad=True)
+    out, rec = _recorded(model, x)
+    _check_all(out, rec, tol=1e-6)
