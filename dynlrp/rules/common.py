@@ -26,7 +26,7 @@ def reduce_to_shape(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> tor
 
 def total(t: torch.Tensor) -> torch.Tensor:
     """Sum in float64 (ledger precision independent of the model's dtype)."""
-    return t.detach().to(torch.float64).sum()
+    return t.detach().sum(dtype=torch.float64)
 
 
 def z_rule(x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor, vjp, epsilon: float):
