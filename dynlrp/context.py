@@ -1,17 +1,17 @@
 """What a rule or replay sees of one node: saved tensors, input/output values, roles, settings."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import MissingValueError
-from .graph import Edge, Node, node_type, output_shapes
+from .graph import Node, node_type, output_shapes
 from .saved import read_saved
 
 if TYPE_CHECKING:
+    from .analysis import Analysis
     from .presets import NodeSettings
     from .values import ValueStore
 
@@ -47,12 +47,12 @@ class NodeContext:
     """
 
     def __init__(self, node: Node, store: ValueStore, settings: NodeSettings | None = None,
-                 data_edge: Callable[[Edge], bool] | None = None, replaying: bool = False):
+                 analysis: Analysis | None = None, replaying: bool = False):
         self.node = node
         self.type = node_type(node)
         self.store = store
         self.settings = settings
-        self._data_edge = data_edge
+        self.analysis = analysis
         self._replaying = replaying
 
     @property
@@ -99,7 +99,18 @@ class NodeContext:
 
     def is_data(self, slot: int) -> bool:
         """Whether the operand in ``slot`` depends on an explained input (else parameter/constant)."""
-        return self._data_edge is not None and self._data_edge(self.edges[slot])
+        return self.analysis is not None and self.analysis.is_data(self.edges[slot])
+
+    def constant_factor(self, slot: int, other: int) -> bool:
+        """Whether the data operand in ``slot`` acts as a constant factor for the one in ``other``:
+        a normaliser statistic, a gate computed from ``other``'s own tensor, or (with the preset's
+        ``attention="cp"``) attention weights. See :mod:`dynlrp.analysis`."""
+        a, mine, theirs = self.analysis, self.edges[slot], self.edges[other]
+        if a.is_statistic(mine) and not a.is_statistic(theirs):
+            return True
+        if a.is_gate_of(mine, theirs):
+            return True
+        return self.settings.attention == "cp" and a.is_attention_weights(mine) and not a.is_attention_weights(theirs)
 
     def vjp(self, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         """The node's own backward applied to ``grads`` (one per output), without building a graph."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .analysis import Analysis
 from .context import NodeContext, RuleResult
 from .errors import DynLRPError, InputError, MissingRuleError, MissingRuleWarning, NoGraphError, RuleError, TargetError
 from .explanation import Conservation, Explanation, NodeRecord, TokenRelevance
@@ -107,6 +108,7 @@ class _Sweep:
         self._find_inputs(inputs)
         self.data = self._data_flags()
         self.first = self._first_layers()
+        self.analysis = Analysis(self.graph, self.edge_is_data)
 
     # -- setup -----------------------------------------------------------------------------
     def _find_inputs(self, inputs: Sequence[torch.Tensor] | None) -> None:
@@ -196,7 +198,7 @@ class _Sweep:
             info = REGISTRY.rules.get(name)
             path = self.paths.get(node, "")
             ctx = NodeContext(node, self.store, self.preset.settings_for(name, path or None, node in self.first),
-                              self.edge_is_data)
+                              self.analysis)
             result = self._apply(info, ctx, relevance, path, fallbacks)
             in_total = sum(total(r) for r in relevance if r is not None)
             out_total = torch.zeros((), dtype=torch.float64)

@@ -4,7 +4,9 @@ A preset assigns a :class:`~dynlrp.rules.LinearRule` to the three roles a linear
 have: ``first`` (a convolution or dense layer whose data operand is an explained input, reached
 through shape ops only), ``conv`` (other convolutions) and ``dense`` (addmm / mm / bmm with a
 parameter operand). ``epsilon`` is the stabiliser of every z-rule (add, pooling, sums, batch norm,
-products of activations). Conventions shared by all presets: ``s(z) = z + eps * sign(z)`` with
+products of activations). ``attention`` is how products of two activations treat softmax outputs:
+``"uniform"`` (AttnLRP: both factors get half) or ``"cp"`` (CP-LRP: attention weights are constant,
+relevance flows through the values only). Conventions shared by all presets: ``s(z) = z + eps * sign(z)`` with
 ``sign(0) = +1``; biases take their share of relevance (booked as absorbed ``bias``); parameters
 never receive relevance. Overrides: ``ops`` maps node type names, ``modules`` maps fnmatch
 patterns of module paths (e.g. ``"features.0"``, ``"*.attn.*"``) to a LinearRule; a module
@@ -29,6 +31,7 @@ class NodeSettings:
     linear: LinearRule
     epsilon: float
     first: bool = False
+    attention: str = "uniform"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Preset:
     conv: LinearRule = LinearRule("epsilon")
     first: LinearRule | None = None
     epsilon: float = 1e-6
+    attention: str = "uniform"
     ops: dict[str, LinearRule] = field(default_factory=dict)
     modules: dict[str, LinearRule] = field(default_factory=dict)
 
@@ -50,7 +54,7 @@ class Preset:
             for pattern, spec in self.modules.items():
                 if fnmatch.fnmatchcase(module_path, pattern):
                     linear = spec
-        return NodeSettings(linear=linear, epsilon=self.epsilon, first=first)
+        return NodeSettings(linear=linear, epsilon=self.epsilon, first=first, attention=self.attention)
 
     def override(self, ops: dict[str, LinearRule] | None = None,
                  modules: dict[str, LinearRule] | None = None) -> Preset:

@@ -1,8 +1,10 @@
-"""Elementwise activations: the identity (pass-through) rule, ``R_x = R_y``.
+"""Elementwise activations and unary nonlinearities: the identity (pass-through) rule, ``R_x = R_y``.
 
-For ``y = sigma(x)`` applied elementwise, LRP treats the activation as a gate that passes its
-output's relevance to its input unchanged (zennit's ``Pass``; AttnLRP's identity rule). Exactly
-conservative; nothing absorbed. Parameters of the activation (PReLU's slope) get no relevance.
+For ``y = sigma(x)`` applied elementwise (ReLU, GELU, tanh, exp, pow, rsqrt, ...), LRP treats the
+function as a gate that passes its output's relevance to its input unchanged (zennit's ``Pass``;
+AttnLRP's identity rule). Exactly conservative; nothing absorbed. Parameters of the activation
+(PReLU's slope) get no relevance. Normaliser paths (``rsqrt(mean(x^2))``) receive no relevance in the
+first place: the product that uses them treats them as constants (:mod:`dynlrp.analysis`).
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ from .registry import replay, rule, saved_values
 
 SAVES_INPUT = ("GeluBackward0", "SiluBackward0", "SoftplusBackward0", "HardswishBackward0",
                "HardsigmoidBackward0", "LeakyReluBackward0", "HardtanhBackward0", "ClampBackward1",
-               "ClampMinBackward0", "MishBackward0", "ThresholdBackward0", "PreluKernelBackward0")
-SAVES_RESULT = ("ReluBackward0", "TanhBackward0", "SigmoidBackward0")
+               "ClampMinBackward0", "ClampMaxBackward0", "MishBackward0", "ThresholdBackward0",
+               "PreluKernelBackward0", "PowBackward0", "LogBackward0", "ErfBackward0", "AbsBackward0",
+               "SinBackward0", "CosBackward0", "Log1PBackward0", "LogSigmoidBackward0", "CeluBackward0")
+SAVES_RESULT = ("ReluBackward0", "TanhBackward0", "SigmoidBackward0", "RsqrtBackward0", "SqrtBackward0",
+                "ExpBackward0", "ReciprocalBackward0", "Expm1Backward0")
 
 saved_values(*SAVES_INPUT, inputs={0: "_saved_self"})
 saved_values(*SAVES_RESULT, outputs={0: "_saved_result"})
@@ -80,6 +85,33 @@ def _mish(ctx: NodeContext):
 @replay("PreluKernelBackward0")
 def _prelu(ctx: NodeContext):
     return (F.prelu(ctx.input(0), ctx.saved("weight")),)
+
+
+UNARY = {"PowBackward0": None, "LogBackward0": torch.log, "ErfBackward0": torch.erf, "AbsBackward0": torch.abs,
+         "SinBackward0": torch.sin, "CosBackward0": torch.cos, "Log1PBackward0": torch.log1p,
+         "LogSigmoidBackward0": F.logsigmoid}
+
+
+@replay(*UNARY)
+def _unary(ctx: NodeContext):
+    if ctx.type == "PowBackward0":
+        return (ctx.input(0) ** ctx.saved("exponent"),)
+    return (UNARY[ctx.type](ctx.input(0)),)
+
+
+@replay("ClampMinBackward0")
+def _clamp_min(ctx: NodeContext):
+    return (ctx.input(0).clamp(min=ctx.saved("min")),)
+
+
+@replay("ClampMaxBackward0")
+def _clamp_max(ctx: NodeContext):
+    return (ctx.input(0).clamp(max=ctx.saved("max")),)
+
+
+@replay("CeluBackward0")
+def _celu(ctx: NodeContext):
+    return (F.celu(ctx.input(0), ctx.saved("alpha")),)
 
 
 @replay("EluBackward0")

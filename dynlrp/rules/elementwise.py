@@ -81,11 +81,18 @@ def scale(ctx: NodeContext, relevance):
 
 @rule("MulBackward0")
 def mul(ctx: NodeContext, relevance):
-    """``z = a * b`` elementwise. One factor a parameter/constant (a scale, a mask, rotary cos/sin):
-    all relevance to the data factor, ``R_x = R`` (summed over broadcast dims), exact. Both factors
-    depend on the input (a gate): the uniform rule ``R_a = R_b = R / 2`` (AttnLRP), exact."""
+    """``z = a * b`` elementwise. One factor a parameter/constant (a scale, a mask, rotary cos/sin),
+    a normaliser statistic (``rsqrt(mean(x^2) + eps)``), or a gate computed from the other factor's
+    own tensor (``x * sigmoid(x)``): all relevance to the other factor, ``R_x = R`` (summed over
+    broadcast dims), exact. Two independent activations (a gate): the uniform rule
+    ``R_a = R_b = R / 2`` (AttnLRP), exact."""
     (r,) = relevance
     data = [slot for slot in range(2) if ctx.is_data(slot)]
+    if len(data) == 2:
+        for slot, other in ((0, 1), (1, 0)):
+            if ctx.constant_factor(slot, other):
+                data = [other]
+                break
     out: list = [None, None]
     for slot in data:
         out[slot] = reduce_to_shape(r / len(data), ctx.input_shape(slot))

@@ -251,7 +251,12 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
     if bias_slot is not None:
         bias = beta * ctx.input(bias_slot) if ctx.has_input(bias_slot) else ctx.output() - product
     out: list[torch.Tensor | None] = [None] * ctx.num_inputs
-    if ctx.is_data(a_slot) and ctx.is_data(b_slot):
+    a_data, b_data = ctx.is_data(a_slot), ctx.is_data(b_slot)
+    if a_data and b_data and ctx.constant_factor(a_slot, b_slot):
+        a_data = False
+    elif a_data and b_data and ctx.constant_factor(b_slot, a_slot):
+        b_data = False
+    if a_data and b_data:
         z = product if bias is None else product + bias
         r_a, r_b, absorbed = uniform_product(a, b, z, relevance, lambda p, q: alpha * (p @ q), ctx.settings.epsilon)
         if bias is not None:
@@ -259,7 +264,7 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
             absorbed["bias"] = total(torch.broadcast_to(bias, z.shape) * relevance / s)
         out[a_slot], out[b_slot] = r_a, r_b
         return RuleResult(tuple(out), absorbed)
-    data_first = ctx.is_data(a_slot)
+    data_first = a_data
     x, w = (a, alpha * b) if data_first else (b, alpha * a)
     op = _matmul_op(data_first)
     z = product if bias is None else product + bias
@@ -278,10 +283,18 @@ def addmm(ctx: NodeContext, relevance):
 
 @rule("MmBackward0", "BmmBackward0")
 def matmul(ctx: NodeContext, relevance):
-    """``z = A @ B`` (batched or not): the preset's linear rule when one operand is a parameter
-    or constant (no bias; absorbs the stabiliser share); when both depend on the input, the
-    uniform rule ``R_A = R_B = 1/2 * epsilon-LRP`` (AttnLRP)."""
+    """``z = A @ B`` (batched or not): the preset's linear rule when one operand is a parameter,
+    a constant, a normaliser statistic or (preset ``attention="cp"``) softmax attention weights (no
+    bias; absorbs the stabiliser share); when both depend on the input, the uniform rule
+    ``R_A = R_B = 1/2 * epsilon-LRP`` (AttnLRP)."""
     return _product_rule(ctx, relevance[0], 0, 1, None)
+
+
+def _has_bias(ctx: NodeContext) -> bool:
+    """Whether the convolution had a bias: autograd saves ``bias_sym_sizes_opt`` as ``(0,)``, not
+    ``None``, for a convolution without one."""
+    sizes = ctx.saved("bias_sym_sizes_opt")
+    return sizes is not None and tuple(sizes) != (0,)
 
 
 @rule("ConvolutionBackward0")
@@ -293,7 +306,7 @@ def convolution(ctx: NodeContext, relevance):
     op = _conv_op(ctx)
     z = op.forward(x, w)
     bias = None
-    if ctx.saved("bias_sym_sizes_opt") is not None:
+    if _has_bias(ctx):
         bias = _bias(ctx, 2, z)
         z = z + op.bias(bias, z)
     r_x, absorbed = modified_z(op, x, w, bias, z, relevance[0], ctx.settings.linear)
@@ -316,7 +329,7 @@ def _matmul_forward(ctx: NodeContext):
 
 @replay("ConvolutionBackward0")
 def _conv_forward(ctx: NodeContext):
-    bias = ctx.input(2) if ctx.saved("bias_sym_sizes_opt") is not None else None
+    bias = ctx.input(2) if _has_bias(ctx) else None
     return (torch.ops.aten.convolution(ctx.input(0), ctx.input(1), bias, ctx.saved("stride"),
                                        ctx.saved("padding"), ctx.saved("dilation"), ctx.saved("transposed"),
                                        ctx.saved("output_padding"), ctx.saved("groups")),)

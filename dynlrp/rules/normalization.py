@@ -54,3 +54,89 @@ def batch_norm(ctx: NodeContext, relevance):
 def _batch_norm_forward(ctx: NodeContext):
     x, a, c = _affine(ctx)
     return (a * x + c, None, None)
+
+
+# layer norm and group norm: the LN-rule ----------------------------------------------------------
+
+saved_values("NativeLayerNormBackward0", inputs={0: "_saved_input", 1: "_saved_weight", 2: "_saved_bias"})
+saved_values("NativeGroupNormBackward0", inputs={0: "_saved_input", 1: "_saved_weight"})
+
+
+def _ln_rule(x, y, bias_term, relevance, scale, center, epsilon):
+    """``y = scale * center(x) + b``, linear in ``x`` once the statistics are frozen:
+    ``R_x = x * J^T(R / s(y))`` with ``J^T g = center^T(scale * g)``; returns ``(R_x, absorbed)``."""
+    s = stabilize(y, epsilon)
+    q = relevance / s
+    return x * center(scale * q), {"bias": total(bias_term * q), "stabiliser": total((s - y) * q)}
+
+
+def _layer_norm_parts(ctx: NodeContext):
+    """``(x, dims, scale, centered, bias)`` with ``y = centered * scale + bias``; the node saves its
+    input, weight, bias (``None`` when absent) and the statistics (mean, rstd)."""
+    x = ctx.input(0)
+    dims = tuple(range(x.dim() - len(ctx.saved("normalized_shape")), x.dim()))
+    weight, bias = ctx.saved("weight"), ctx.saved("bias")
+    scale = ctx.saved("result2") * (weight if weight is not None else 1.0)
+    bias = bias if bias is not None else torch.zeros((), dtype=x.dtype, device=x.device)
+    return x, dims, scale, x - ctx.saved("result1"), bias
+
+
+@rule("NativeLayerNormBackward0")
+def layer_norm(ctx: NodeContext, relevance):
+    """LayerNorm ``y = w * (x - mean(x)) * rstd + b`` with the statistic ``rstd`` frozen (the
+    LN-rule of AttnLRP): ``R_x = x * (g - mean(g))`` over the normalised dims, ``g = w rstd R / s(y)``.
+    ``sum R_x = sum (y - b) R / s(y)``: absorbs the bias share ``sum b R / s`` and the stabiliser
+    share. Weight and bias get none."""
+    x, dims, scale, centered, bias = _layer_norm_parts(ctx)
+    y = centered * scale + bias
+    r_x, absorbed = _ln_rule(x, y, bias.expand_as(y), relevance[0], scale,
+                             lambda g: g - g.mean(dims, keepdim=True), ctx.settings.epsilon)
+    return RuleResult((r_x, None, None), absorbed)
+
+
+@replay("NativeLayerNormBackward0")
+def _layer_norm_forward(ctx: NodeContext):
+    _, _, scale, centered, bias = _layer_norm_parts(ctx)
+    return (centered * scale + bias,)
+
+
+def _group_norm_parts(ctx: NodeContext):
+    """``(x, grouped view, per-channel scale, centered, bias)`` for ``y = centered * scale + bias``."""
+    x = ctx.input(0)
+    n, c, groups = ctx.saved("N"), ctx.saved("C"), ctx.saved("group")
+    shape = (1, c) + (1,) * (x.dim() - 2)
+    mean, rstd = ctx.saved("result1").view(n, groups, 1), ctx.saved("result2").view(n, groups, 1)
+    weight = ctx.saved("weight")
+    grouped = x.reshape(n, groups, -1)
+    rstd_x = (rstd.expand(n, groups, grouped.shape[-1])).reshape(x.shape)
+    scale = rstd_x * (weight.view(shape) if weight is not None else 1.0)
+    centered = (grouped - mean).reshape(x.shape)
+    if ctx.has_input(2):
+        bias = ctx.input(2).view(shape)
+    elif weight is None:
+        bias = torch.zeros((), dtype=x.dtype, device=x.device)
+    else:  # a bias outside the graph (frozen): recovered from the output
+        bias = ctx.output() - centered * scale
+    return x, (n, groups), scale, centered, bias
+
+
+@rule("NativeGroupNormBackward0")
+def group_norm(ctx: NodeContext, relevance):
+    """GroupNorm (and InstanceNorm / LayerNorm over channels, which torch runs as group norm)
+    ``y = w_c (x - mean_g) rstd_g + b_c`` with the group statistics frozen: ``R_x = x * (g - mean_g(g))``,
+    ``g = w rstd R / s(y)``. Absorbs the bias share and the stabiliser share."""
+    x, (n, groups), scale, centered, bias = _group_norm_parts(ctx)
+    y = centered * scale + bias
+
+    def center(g):
+        grouped = g.reshape(n, groups, -1)
+        return (grouped - grouped.mean(-1, keepdim=True)).reshape(g.shape)
+
+    r_x, absorbed = _ln_rule(x, y, bias.expand_as(y), relevance[0], scale, center, ctx.settings.epsilon)
+    return RuleResult((r_x, None, None), absorbed)
+
+
+@replay("NativeGroupNormBackward0")
+def _group_norm_forward(ctx: NodeContext):
+    _, _, scale, centered, bias = _group_norm_parts(ctx)
+    return (centered * scale + bias,)

@@ -15,7 +15,10 @@ from .common import total
 from .registry import replay, rule
 
 RESHAPES = ("ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "SqueezeBackward0",
-            "SqueezeBackward1", "SqueezeBackward2", "UnsqueezeBackward0")
+            "SqueezeBackward1", "SqueezeBackward2", "UnsqueezeBackward0",
+            # in-place squeeze_() / squeeze_(dim) / squeeze_(dims) / unsqueeze_(dim); F.linear without
+            # bias on a 1-D input ends in squeeze_(-1) (SqueezeBackward4)
+            "SqueezeBackward3", "SqueezeBackward4", "SqueezeBackward5", "UnsqueezeBackward1")
 IDENTITIES = ("CloneBackward0", "AliasBackward0", "ToCopyBackward0", "LiftFreshBackward0")
 ROUTES = RESHAPES + IDENTITIES + (
     "PermuteBackward0", "TransposeBackward0", "TBackward0", "ExpandBackward0", "SliceBackward0",
