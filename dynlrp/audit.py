@@ -13,7 +13,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from .engine import explain
-from .errors import DynLRPError, MissingRuleWarning
+from .errors import DynLRPError, MissingRuleWarning, MissingValueError
 from .explanation import Explanation
 from .graph import Graph, node_type
 from .modules import track_modules
@@ -56,6 +56,7 @@ class AuditReport:
     activations: ActivationCheck | None
     backward_ok: bool | None
     error: str | None = None
+    needs_record: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -157,6 +158,8 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
     arguments (token ids) reach the relevance through embedding lookups. Reports node coverage, the
     missing rules with module paths, per-op conservation, promise statistics, promise-recovered
     activations against the recorded forward, and whether ``backward()`` still works afterwards.
+    The explanation is post hoc (graph only) where that is exact; where a value is missing from the
+    graph, ``needs_record`` names it and the explanation uses the recorded forward instead.
     """
     label = name or type(model).__name__
     args = tuple(a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
@@ -171,13 +174,18 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
     ops = _op_stats(graph, paths, None)
     missing = {op: (s.count, s.modules) for op, s in ops.items() if not s.covered}
     coverage = sum(s.count for s in ops.values() if s.covered) / len(graph)
-    exp, error = None, None
-    try:
-        with warnings.catch_warnings():  # the report lists missing rules itself
-            warnings.simplefilter("ignore", MissingRuleWarning)
-            exp = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths, recording=False)
-    except DynLRPError as err:
-        error = f"{type(err).__name__}: {err}"
+    exp, error, needs_record = None, None, None
+    with warnings.catch_warnings():  # the report lists missing rules itself
+        warnings.simplefilter("ignore", MissingRuleWarning)
+        for source in (False, recording):  # post hoc first; the recorded forward if that is not exact
+            try:
+                exp = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths, recording=source)
+                break
+            except MissingValueError as err:
+                needs_record = str(err)
+            except DynLRPError as err:
+                error = f"{type(err).__name__}: {err}"
+                break
     activations = check_activations(graph, recording)
     recording.clear()
     backward_ok = None
@@ -191,4 +199,4 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
         ops=_op_stats(graph, paths, exp),
         conservation=asdict(exp.conservation) if exp else None,
         promises=({**asdict(exp.promises), "rho": exp.promises.rho} if exp else None),
-        activations=activations, backward_ok=backward_ok, error=error)
+        activations=activations, backward_ok=backward_ok, error=error, needs_record=needs_record)

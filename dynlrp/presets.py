@@ -72,7 +72,11 @@ def get(name: str, *, epsilon: float = 1e-6, gamma: float = 0.25, alpha: float =
     ``epsilon_alpha2_beta1``: alpha2-beta1 on convolutions, epsilon on dense layers.
     ``epsilon_gamma_box``: ZBox(low, high) on the first layer, gamma on convolutions, epsilon on
     dense layers (zennit's EpsilonGammaBox). ``flat`` / ``wsquare``: that rule on the first layer,
-    epsilon elsewhere. ``epsilon`` is also the stabiliser of every rule (zennit's default 1e-6).
+    epsilon elsewhere. ``attnlrp``: AttnLRP (epsilon on linear layers, uniform rule on products of
+    two activations incl. attention, softmax rule, LN-rule, identity activations). ``cp_lrp``: the same
+    with attention weights held constant (relevance through the values only). ``dynamiclrp_vit``: the
+    DynamicLRP paper's ViT setting (gamma 130 on convolutions, gamma 0.001 on linear layers, CP
+    attention). ``epsilon`` is also the stabiliser of every rule (zennit's default 1e-6).
     """
     eps = LinearRule("epsilon", epsilon=epsilon)
     zplus = LinearRule("zplus", epsilon=epsilon)
@@ -89,6 +93,10 @@ def get(name: str, *, epsilon: float = 1e-6, gamma: float = 0.25, alpha: float =
                                   first=LinearRule("zbox", epsilon=epsilon, low=low, high=high)),
         "flat": dict(dense=eps, conv=eps, first=LinearRule("flat", epsilon=epsilon)),
         "wsquare": dict(dense=eps, conv=eps, first=LinearRule("wsquare", epsilon=epsilon)),
+        "attnlrp": dict(dense=eps, conv=eps, attention="uniform"),
+        "cp_lrp": dict(dense=eps, conv=eps, attention="cp"),
+        "dynamiclrp_vit": dict(dense=LinearRule("gamma", epsilon=epsilon, gamma=0.001),
+                               conv=LinearRule("gamma", epsilon=epsilon, gamma=130.0), attention="cp"),
     }
     if name not in table:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(table)}")
@@ -96,7 +104,7 @@ def get(name: str, *, epsilon: float = 1e-6, gamma: float = 0.25, alpha: float =
 
 
 NAMES = ("epsilon", "zplus", "alpha_beta", "gamma", "epsilon_plus", "epsilon_alpha2_beta1",
-         "epsilon_gamma_box", "flat", "wsquare")
+         "epsilon_gamma_box", "flat", "wsquare", "attnlrp", "cp_lrp", "dynamiclrp_vit")
 
 
 def resolve(rules: str | Preset) -> Preset:

@@ -1,5 +1,5 @@
 """LRP rules, one module per op family, registered by autograd node type name."""
-from . import activation, elementwise, linear, normalization, pooling, reduction, shape, sources  # noqa: F401
+from . import activation, attention, elementwise, linear, normalization, pooling, reduction, shape, sources  # noqa: F401
 from .linear import LinearRule
 from .registry import REGISTRY, RuleInfo, replay, rule, saved_values
 

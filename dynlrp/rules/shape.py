@@ -2,8 +2,9 @@
 
 Rule (``route``): ``R_in = J^T R``, the node's own backward applied to the relevance. Each output
 element hands its relevance to the element it was copied from, so relevance is conserved exactly
-(expand/repeat sum the copies back). Constant padding is the exception: padded elements have no
-source, and their relevance is absorbed as ``constant``.
+(expand/repeat sum the copies back; ``where`` routes to the operand each element came from).
+Constant padding and masking are the exception: filled elements have no source, and their
+relevance is absorbed as ``constant``.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ ROUTES = RESHAPES + IDENTITIES + (
     "PermuteBackward0", "TransposeBackward0", "TBackward0", "ExpandBackward0", "SliceBackward0",
     "SelectBackward0", "IndexBackward0", "CatBackward0", "StackBackward0", "SplitBackward0",
     "SplitWithSizesBackward0", "UnsafeSplitBackward0", "UnbindBackward0", "RepeatBackward0",
-    "FlipBackward0", "RollBackward0",
+    "FlipBackward0", "RollBackward0", "WhereBackward0",
 )
+MASKS = ("MaskedFillBackward0", "TrilBackward0", "TriuBackward0")
 
 
 @rule(*ROUTES)
@@ -44,6 +46,18 @@ def constant_pad(ctx: NodeContext, relevance):
     (r_in,) = ctx.vjp(r)
     inside = F.pad(torch.ones_like(r_in), list(ctx.saved("pad")), value=0.0)
     return RuleResult((r_in,), {"constant": total(r * (1 - inside))})
+
+
+@rule(*MASKS)
+def masking(ctx: NodeContext, relevance):
+    """Masking (masked_fill, tril, triu): ``R_x = R * keep`` with ``keep = J^T 1`` (1 where the
+    output copies the input); the relevance of filled positions has no source in the input and is
+    absorbed as ``constant`` (``sum R * (1 - keep)``)."""
+    (r,) = relevance
+    keep = ctx.vjp(torch.ones_like(r))[0]
+    out: list = [None] * ctx.num_inputs
+    out[0] = r * keep
+    return RuleResult(tuple(out), {"constant": total(r * (1 - keep))})
 
 
 # forward replays ---------------------------------------------------------------------------------
@@ -130,6 +144,21 @@ def _repeat_forward(ctx: NodeContext):
 @replay("FlipBackward0")
 def _flip_forward(ctx: NodeContext):
     return (ctx.input(0).flip(ctx.saved("dims")),)
+
+
+@replay("WhereBackward0")
+def _where_forward(ctx: NodeContext):
+    return (torch.where(ctx.saved("condition"), ctx.input(0), ctx.input(1)),)
+
+
+@replay("TrilBackward0")
+def _tril_forward(ctx: NodeContext):
+    return (ctx.input(0).tril(ctx.saved("diagonal")),)
+
+
+@replay("TriuBackward0")
+def _triu_forward(ctx: NodeContext):
+    return (ctx.input(0).triu(ctx.saved("diagonal")),)
 
 
 @replay("RollBackward0")
