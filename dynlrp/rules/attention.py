@@ -37,7 +37,10 @@ def softmax_relevance(x: torch.Tensor, s: torch.Tensor, r: torch.Tensor, dim: in
     x0 = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
     row = r.sum(dim, keepdim=True)
     r_x = torch.where(valid, x0 * (r - s * row), torch.zeros((), dtype=r.dtype, device=r.device))
-    lost = total(torch.where(valid, r * (1 - x0), r)) + total(row * (x0 * s).sum(dim, keepdim=True))
+    wide = torch.float64  # the absorbed term in full precision, so the ledger checks R_x, not rounding
+    x64, r64 = x0.to(wide), r.to(wide)
+    lost = total(torch.where(valid, r64 * (1 - x64), r64)) + total(
+        r64.sum(dim, keepdim=True) * (x64 * s.to(wide)).sum(dim, keepdim=True))
     return r_x, lost
 
 

@@ -21,7 +21,8 @@ RESHAPES = ("ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "Sq
             # bias on a 1-D input ends in squeeze_(-1) (SqueezeBackward4)
             "SqueezeBackward3", "SqueezeBackward4", "SqueezeBackward5", "UnsqueezeBackward1")
 IDENTITIES = ("CloneBackward0", "AliasBackward0", "ToCopyBackward0", "LiftFreshBackward0")
-ROUTES = RESHAPES + IDENTITIES + (
+COPIES = ("CloneBackward0", "AliasBackward0", "LiftFreshBackward0")
+ROUTES = RESHAPES + COPIES + (
     "PermuteBackward0", "TransposeBackward0", "TBackward0", "ExpandBackward0", "SliceBackward0",
     "SelectBackward0", "IndexBackward0", "CatBackward0", "StackBackward0", "SplitBackward0",
     "SplitWithSizesBackward0", "UnsafeSplitBackward0", "UnbindBackward0", "RepeatBackward0",
@@ -36,6 +37,17 @@ def route(ctx: NodeContext, relevance):
     input element, so the map is a 0/1 matrix with one 1 per row: exact conservation, nothing
     absorbed."""
     return RuleResult(ctx.vjp(*relevance))
+
+
+@rule("ToCopyBackward0")
+def dtype_copy(ctx: NodeContext, relevance):
+    """``y = x.to(dtype, device)``: ``R_x = R`` on ``x``'s device, in the wider of the two dtypes,
+    so a cast inside the model (float64 -> float32 -> float64) never rounds the relevance.
+    Exact; nothing absorbed."""
+    (r,) = relevance
+    child, nr = ctx.edges[0]
+    meta = child._input_metadata[nr]
+    return RuleResult((r.to(device=meta.device, dtype=torch.promote_types(r.dtype, meta.dtype)),))
 
 
 @rule("ConstantPadNdBackward0")
