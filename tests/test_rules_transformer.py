@@ -203,7 +203,7 @@ def test_sum_of_products_is_not_a_statistic():
     activations, not a normaliser."""
     a, b, g = (torch.randn(3, 4, requires_grad=True) for _ in range(3))
     out = (a * b).sum(-1, keepdim=True) * torch.sigmoid(g)
-    exp, r = _explain(out, [a, b, g])
+    exp, _ = _explain(out, [a, b, g])
     assert exp.relevance(g).abs().sum() > 0
     assert exp.relevance(a).abs().sum() > 0
 
@@ -225,7 +225,7 @@ def test_masking_and_where_route():
 def test_unary_nonlinearities_are_identity(fn):
     x = (torch.rand(3, 5) + 0.5).requires_grad_(True)
     out = fn(x * 1.0) @ torch.randn(5, 2)
-    exp, r = _explain(out, [x])
+    exp, _ = _explain(out, [x])
     assert exp.conservation.unexplained < 1e-10
     for row in exp.nodes:
         assert row.error < 1e-10
