@@ -8,6 +8,7 @@ from . import presets, rules
 from .audit import AuditReport, OpStats, audit
 from .engine import explain, seed_relevance
 from .errors import (
+                     DecompositionMismatchError,
                      DynLRPError,
                      GraphFreedError,
                      InplaceModifiedError,
@@ -28,7 +29,8 @@ from .rules import LinearRule, list_rules
 __version__ = "0.1.0"
 
 __all__ = [
-    "AuditReport", "Conservation", "DynLRPError", "Explanation", "Graph", "GraphFreedError", "InplaceModifiedError",
+    "AuditReport", "Conservation", "DecompositionMismatchError", "DynLRPError", "Explanation", "Graph",
+    "GraphFreedError", "InplaceModifiedError",
     "InputError", "LinearRule", "MissingRuleError", "MissingRuleWarning", "MissingValueError", "NoGraphError",
     "NodeRecord", "OpStats", "Preset", "Recording", "RuleError", "TargetError", "TokenRelevance", "audit", "explain",
     "list_rules", "presets", "record", "rules", "seed_relevance",

@@ -47,8 +47,9 @@ class NodeContext:
     """
 
     def __init__(self, node: Node, store: ValueStore, settings: NodeSettings | None = None,
-                 analysis: Analysis | None = None, replaying: bool = False):
+                 analysis: Analysis | None = None, replaying: bool = False, sweep: Any = None):
         self.node = node
+        self.sweep = sweep  # the engine's sweep in progress (preset, paths, strictness); None in replays
         self.type = node_type(node)
         self.store = store
         self.settings = settings
@@ -114,6 +115,28 @@ class NodeContext:
 
     def vjp(self, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         """The node's own backward applied to ``grads`` (one per output), without building a graph."""
+        if not callable(self.node):  # a custom autograd.Function's node: see _function_vjp
+            return self._function_vjp(grads)
         with torch.no_grad():
             result = self.node(*grads)
         return result if isinstance(result, tuple) else (result,)
+
+    def _function_vjp(self, grads) -> tuple[torch.Tensor | None, ...]:
+        """``Function.backward`` called directly: grads for outputs without one are materialised as
+        zeros (as autograd does), and its results, one per ``forward`` argument, are mapped to the
+        input slots: the arguments that required grad (``needs_input_grad``) are, in order, the slots
+        whose edge is in the graph; the other slots get ``None``."""
+        metas = self.node._input_metadata
+        grads = tuple(torch.zeros(tuple(m.shape), dtype=m.dtype, device=m.device) if g is None else g
+                      for g, m in zip(grads, metas))
+        with torch.no_grad():
+            result = self.node.apply(*grads)
+        result = result if isinstance(result, tuple) else (result,)
+        needs = tuple(self.node.needs_input_grad)
+        if len(result) != len(needs):
+            return result
+        out: list[torch.Tensor | None] = [None] * self.num_inputs
+        for slot, arg in zip((s for s, (child, _) in enumerate(self.edges) if child is not None),
+                             (i for i, need in enumerate(needs) if need)):
+            out[slot] = result[arg]
+        return tuple(out)

@@ -93,9 +93,12 @@ class _Sweep:
     """State of one explanation (kept out of the autograd nodes)."""
 
     def __init__(self, output: torch.Tensor, inputs: Sequence[torch.Tensor] | None, preset: Preset,
-                 module_paths: Mapping[Node, str] | None, recording: Recording | bool | None):
+                 module_paths: Mapping[Node, str] | None, recording: Recording | bool | None, strict: bool = False):
         self.graph = Graph.build(output.grad_fn)
         self.preset = preset
+        self.strict = strict  # read by rules that run an inner sweep (dynlrp.rules.decompose)
+        self.fallbacks: dict[str, int] = {}
+        self.constant_nodes: set[Node] = set()  # booked as "constant", not "parameter" (dynlrp.rules.decompose)
         self.paths = module_paths or {}
         if recording is False:
             recording = None
@@ -160,8 +163,9 @@ class _Sweep:
             info = REGISTRY.rules.get(node_type(node))
             data_edges = [e for e in self.graph.edges[node] if self.edge_is_data(e)]
             near[node] = node in self.leaf_inputs or (
-                info is not None and info.family == "shape" and bool(data_edges)
+                info is not None and (info.family == "shape" or getattr(info.fn, "routing", False)) and bool(data_edges)
                 and all(e in self.cut_inputs or near[e[0]] for e in data_edges))
+        self.near = near  # node -> reached from an explained input through shape ops only
         return {node for node in self.graph.order if node_type(node) in LINEAR_TYPES
                 and any(self.edge_is_data(e) and (e in self.cut_inputs or near[e[0]]) for e in self.graph.edges[node])}
 
@@ -182,7 +186,7 @@ class _Sweep:
         input_relevance: dict[int, torch.Tensor] = {}
         tokens: list[TokenRelevance] = []
         rows: list[tuple] = []
-        fallbacks: dict[str, int] = {}
+        fallbacks = self.fallbacks
         absorbed_total: dict[str, torch.Tensor] = {}
         root_edge = (output.grad_fn, output.output_nr)
         if root_edge in self.cut_inputs:
@@ -198,7 +202,7 @@ class _Sweep:
             info = REGISTRY.rules.get(name)
             path = self.paths.get(node, "")
             ctx = NodeContext(node, self.store, self.preset.settings_for(name, path or None, node in self.first),
-                              self.analysis)
+                              self.analysis, sweep=self)
             result = self._apply(info, ctx, relevance, path, fallbacks)
             in_total = sum(total(r) for r in relevance if r is not None)
             out_total = torch.zeros((), dtype=torch.float64)
@@ -209,7 +213,7 @@ class _Sweep:
                 edge = graph.edges[node][slot]
                 child, nr = edge
                 if child is None or not self.edge_is_data(edge):
-                    cause = "constant" if child is None else "parameter"
+                    cause = "constant" if child is None or child in self.constant_nodes else "parameter"
                     absorbed[cause] = absorbed.get(cause, 0.0) + total(r)
                     continue
                 expected = tuple(child._input_metadata[nr].shape)
@@ -293,7 +297,7 @@ def explain(output: torch.Tensor, target: Any = None, *, rules: str | Preset = "
     _check_output(output)
     preset = resolve(rules)
     start = seed_relevance(output, target, seed)
-    sweep = _Sweep(output, inputs, preset, module_paths, recording)
+    sweep = _Sweep(output, inputs, preset, module_paths, recording, strict)
     if strict:
         missing = sweep.missing_rules()
         if missing:

@@ -34,6 +34,12 @@ class RuleError(DynLRPError):
     """A rule failed or returned relevance of the wrong shape for a node."""
 
 
+class DecompositionMismatchError(RuleError):
+    """A registered decomposition (:func:`dynlrp.rules.register_decomposition`) does not reproduce its
+    node: the reference function's outputs (or their gradients) differ from the node's own beyond the
+    tolerance, or it returns the wrong number or shapes of outputs."""
+
+
 class MissingRuleError(DynLRPError):
     """Nodes without a rule were met while ``strict=True``.
 
@@ -50,7 +56,8 @@ class MissingRuleError(DynLRPError):
         super().__init__(
             "no LRP rule for these autograd node types:\n"
             + "\n".join(lines)
-            + "\nregister one with dynlrp.rules.register(...), or call explain(strict=False) to use the"
+            + "\nregister a rule with dynlrp.rules.rule(...) (or, for a custom Function or fused kernel, a pure-PyTorch"
+            " reference with dynlrp.rules.register_decomposition(...)), or call explain(strict=False) to use the"
             " named gradient fallback"
         )
 

@@ -67,6 +67,8 @@ class _Recorder(TorchFunctionMode):
         for leaf in tree_leaves(result):
             if isinstance(leaf, torch.Tensor) and leaf.grad_fn is not None:
                 self.recording.keep(leaf)
+        if result is None and getattr(func, "__name__", "") == "__setitem__" and getattr(args[0], "grad_fn", None):
+            self.recording.keep(args[0])  # y[i] = v: the CopySlices / IndexPut output returns nothing
         return result
 
 

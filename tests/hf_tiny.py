@@ -87,7 +87,8 @@ def wav2vec2(attn):
 def vit(attn):
     cfg = tf.ViTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
                        image_size=32, patch_size=8, num_labels=5, attn_implementation=attn)
-    return tf.ViTForImageClassification(cfg), (torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5)),), {}
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    return tf.ViTForImageClassification(cfg), (image,), {}
 
 
 def siglip(attn):

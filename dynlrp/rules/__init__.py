@@ -1,7 +1,9 @@
 """LRP rules, one module per op family, registered by autograd node type name."""
-from . import activation, attention, elementwise, linear, normalization, pooling, reduction, shape, sources  # noqa: F401
+from . import activation, attention, elementwise, indexing, linear, normalization, pooling, reduction, shape, sources  # noqa: F401
+from .decompose import register_decomposition
 from .linear import LinearRule
 from .registry import REGISTRY, RuleInfo, replay, rule, saved_values
+from .rnn import rnn_layer
 
 
 def list_rules() -> list[RuleInfo]:
@@ -14,4 +16,5 @@ def covered_node_types() -> set[str]:
     return set(REGISTRY.rules)
 
 
-__all__ = ["REGISTRY", "LinearRule", "RuleInfo", "covered_node_types", "list_rules", "replay", "rule", "saved_values"]
+__all__ = ["REGISTRY", "LinearRule", "RuleInfo", "covered_node_types", "list_rules", "register_decomposition", "replay",
+           "rnn_layer", "rule", "saved_values"]

@@ -25,13 +25,15 @@ SAVES_RESULT = ("ReluBackward0", "TanhBackward0", "SigmoidBackward0", "RsqrtBack
 saved_values(*SAVES_INPUT, inputs={0: "_saved_self"})
 saved_values(*SAVES_RESULT, outputs={0: "_saved_result"})
 saved_values("EluBackward0", inputs={0: "_saved_self"})
+saved_values("PowBackward1", inputs={0: "_saved_self", 1: "_saved_exponent"}, outputs={0: "_saved_result"})
 saved_values("EluBackward1", outputs={0: "_saved_self_or_result"})
 
 
-@rule(*SAVES_INPUT, *SAVES_RESULT, "EluBackward0", "EluBackward1", "NativeDropoutBackward0")
+@rule(*SAVES_INPUT, *SAVES_RESULT, "EluBackward0", "EluBackward1", "NativeDropoutBackward0", "PowBackward1")
 def identity(ctx: NodeContext, relevance):
     """Pass-through: ``R_x = R_y`` elementwise (the activation is a gate; dropout in train mode is a
-    masked identity). Exact conservation on the data operand; parameters (PReLU weight) get none."""
+    masked identity; ``x ** e`` with a tensor exponent passes to ``x``). Exact conservation on the
+    data operand; parameters (PReLU weight) and exponents get none."""
     out: list = [None] * ctx.num_inputs
     out[0] = relevance[0]
     return RuleResult(tuple(out))

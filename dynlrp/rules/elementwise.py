@@ -61,7 +61,8 @@ def rsub(ctx: NodeContext, relevance):
 
 @rule("AddBackward1", "SubBackward1", "RsubBackward1")
 def add_scalar(ctx: NodeContext, relevance):
-    """``z = x + c`` with a Python scalar ``c`` (``x - c``, ``c - alpha x``): ``R_x = a_x x R / s(z)``
+    """``z = x + c`` with a scalar ``c`` (aten's ``.Scalar`` overloads; ``x + 3.0`` in Python gives an
+    AddBackward0 with a constant operand instead) (``x - c``, ``c - alpha x``): ``R_x = a_x x R / s(z)``
     with ``a_x = +1`` or ``-alpha``; the scalar's share ``(z - a_x x) R / s(z)`` is absorbed as
     ``constant``, the stabiliser share as ``stabiliser``."""
     (r,) = relevance
@@ -74,7 +75,8 @@ def add_scalar(ctx: NodeContext, relevance):
 
 @rule("NegBackward0", "MulBackward1", "DivBackward1")
 def scale(ctx: NodeContext, relevance):
-    """``z = c * x`` with a constant scalar ``c`` (neg: -1; mul/div by a Python number): the z-rule
+    """``z = c * x`` with a constant scalar ``c`` (neg: -1; aten's ``mul.Scalar`` / ``div.Scalar``; a
+    Python ``x * 2.0`` gives a MulBackward0 with a constant operand, same result): the z-rule
     ``R_x = c x R / (c x) = R`` exactly (no stabiliser needed for a one-term, bias-free map)."""
     return RuleResult((relevance[0],))
 

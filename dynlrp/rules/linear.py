@@ -191,7 +191,8 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         else:
             r_g = relevance * ((z > 0) if group.select == "pos" else (z < 0)).to(relevance.dtype)
         inputs = [_modified_input(term.x, x, spec) for term in group.terms]
-        big_z = sum(term.sign * op.forward(xk, term.w(w)) for term, xk in zip(group.terms, inputs))
+        weights = [term.w(w) for term in group.terms]
+        big_z = sum(term.sign * op.forward(xk, wk) for term, xk, wk in zip(group.terms, inputs, weights))
         big_b = None
         if b is not None:
             for term in group.terms:
@@ -202,8 +203,8 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
             big_z = big_z + big_b
         s = stabilize(big_z, spec.epsilon)
         c = r_g / s
-        for term, xk in zip(group.terms, inputs):
-            r_x = r_x + (group.coef * term.sign) * xk * op.vjp(xk, term.w(w), c)
+        for term, xk, wk in zip(group.terms, inputs, weights):
+            r_x = r_x + (group.coef * term.sign) * xk * op.vjp(xk, wk, c)
         if big_b is not None:
             absorbed["bias"] = absorbed["bias"] + group.coef * total(big_b * c)
         absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * total((s - big_z) * c)

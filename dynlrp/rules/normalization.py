@@ -122,7 +122,7 @@ def _group_norm_parts(ctx: NodeContext):
 
 @rule("NativeGroupNormBackward0")
 def group_norm(ctx: NodeContext, relevance):
-    """GroupNorm (and InstanceNorm / LayerNorm over channels, which torch runs as group norm)
+    """GroupNorm (InstanceNorm runs as train-mode batch norm on an (N*C) view instead)
     ``y = w_c (x - mean_g) rstd_g + b_c`` with the group statistics frozen: ``R_x = x * (g - mean_g(g))``,
     ``g = w rstd R / s(y)``. Absorbs the bias share and the stabiliser share."""
     x, (n, groups), scale, centered, bias = _group_norm_parts(ctx)

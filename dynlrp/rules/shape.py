@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..context import NodeContext, RuleResult
-from .common import total
+from .common import reduce_to_shape, total
 from .registry import replay, rule
 
 RESHAPES = ("ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "SqueezeBackward0",
@@ -26,9 +26,10 @@ ROUTES = RESHAPES + COPIES + (
     "PermuteBackward0", "TransposeBackward0", "TBackward0", "ExpandBackward0", "SliceBackward0",
     "SelectBackward0", "IndexBackward0", "CatBackward0", "StackBackward0", "SplitBackward0",
     "SplitWithSizesBackward0", "UnsafeSplitBackward0", "UnbindBackward0", "RepeatBackward0",
-    "FlipBackward0", "RollBackward0", "WhereBackward0",
+    "FlipBackward0", "RollBackward0", "TransposeBackward1",  # in-place transpose_ (nn.GRU, batch_first)
+    "TBackward1",  # in-place t_
 )
-MASKS = ("MaskedFillBackward0", "TrilBackward0", "TriuBackward0")
+MASKS = ("MaskedFillBackward0", "MaskedFillBackward1", "TrilBackward0", "TriuBackward0")
 
 
 @rule(*ROUTES)
@@ -58,6 +59,19 @@ def constant_pad(ctx: NodeContext, relevance):
     (r_in,) = ctx.vjp(r)
     inside = F.pad(torch.ones_like(r_in), list(ctx.saved("pad")), value=0.0)
     return RuleResult((r_in,), {"constant": total(r * (1 - inside))})
+
+
+@rule("WhereBackward0")
+def where(ctx: NodeContext, relevance):
+    """``y = where(c, a, b)``: ``R_a = R * c``, ``R_b = R * (1 - c)``, each summed over the dims it was
+    broadcast along. A constant operand's share (``where(mask, x, -inf)``) is absorbed as ``constant``.
+    Exact. (Not the node's VJP: autograd skips the constant operand's gradient and leaves broadcast
+    gradients unreduced.)"""
+    (r,) = relevance
+    keep = ctx.saved("condition").to(r.dtype)
+    shares = (r * keep, r * (1 - keep))
+    return RuleResult(tuple(reduce_to_shape(t, ctx.input_shape(slot)) if ctx.has_input(slot) else t
+                            for slot, t in enumerate(shares)))
 
 
 @rule(*MASKS)
@@ -91,12 +105,12 @@ def _permute_forward(ctx: NodeContext):
     return (ctx.input(0).permute(ctx.saved("dims")),)
 
 
-@replay("TransposeBackward0")
+@replay("TransposeBackward0", "TransposeBackward1")  # TransposeBackward1: in-place transpose_
 def _transpose_forward(ctx: NodeContext):
     return (ctx.input(0).transpose(ctx.saved("dim0"), ctx.saved("dim1")),)
 
 
-@replay("TBackward0")
+@replay("TBackward0", "TBackward1")
 def _t_forward(ctx: NodeContext):
     return (ctx.input(0).t(),)
 
