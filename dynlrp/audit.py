@@ -5,7 +5,7 @@ import html
 import json
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,13 @@ class AuditReport:
     backward_ok: bool | None
     error: str | None = None
     needs_record: str | None = None
+    explanation: Explanation | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """JSON-ready fields (the :class:`Explanation` and its tensors are left out)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "explanation"}
+        data["ops"] = {k: asdict(v) for k, v in self.ops.items()}
+        data["activations"] = asdict(self.activations) if self.activations else None
         data["missing"] = {k: {"count": c, "modules": p} for k, (c, p) in self.missing.items()}
         return data
 
@@ -199,4 +203,5 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
         ops=_op_stats(graph, paths, exp),
         conservation=asdict(exp.conservation) if exp else None,
         promises=({**asdict(exp.promises), "rho": exp.promises.rho} if exp else None),
-        activations=activations, backward_ok=backward_ok, error=error, needs_record=needs_record)
+        activations=activations, backward_ok=backward_ok, error=error, needs_record=needs_record,
+        explanation=exp)

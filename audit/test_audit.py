@@ -1,0 +1,49 @@
+"""One test per question and model, so one failure never hides another."""
+from __future__ import annotations
+
+import pytest
+
+FAILED_BEFORE_AUDIT = ("build_error", "forward_error")
+
+
+def _audited(result):
+    if result["status"] in FAILED_BEFORE_AUDIT:
+        pytest.fail(f"{result['status']}: {result['error']}", pytrace=False)
+    return result["audit"]
+
+
+def test_builds(result):
+    if result["status"] == "build_error":
+        pytest.fail(result["error"], pytrace=False)
+
+
+def test_forward_runs(result):
+    _audited(result)
+
+
+def test_every_node_has_a_rule(result, request):
+    audit = _audited(result)
+    gaps = result["known_gaps"]
+    if gaps:  # a documented gap: expected to fail, and a failure of this test once it is fixed
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason="; ".join(f"{k}: {v}" for k, v in gaps.items())))
+    missing = {op: info["count"] for op, info in audit["missing"].items()}
+    assert not missing, f"node types without a rule: {missing} at {[i['modules'] for i in audit['missing'].values()]}"
+
+
+def test_conservation_per_op(result, request):
+    audit = _audited(result)
+    assert result["status"] != "audit_error", result["error"]
+    tolerance = request.config.getoption("--tolerance")
+    worst = {op: s["max_error"] for op, s in audit["ops"].items() if s["max_error"] > tolerance}
+    assert not worst, f"per-node unexplained error above {tolerance}: {worst}"
+
+
+def test_recovered_activations_match_the_forward(result):
+    audit = _audited(result)
+    assert audit["activations"]["checked"] > 0
+    assert audit["activations"]["max_error"] <= 1e-4, audit["activations"]
+
+
+def test_graph_still_backpropagates(result):
+    audit = _audited(result)
+    assert audit["backward_ok"], result["error"]
