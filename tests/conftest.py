@@ -1,8 +1,12 @@
 """Shared fixtures: deterministic seeds and float64 defaults for conformance tests."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+collect_ignore = [] if os.environ.get("DYNLRP_LXT_ENV") else ["lxt_env"]  # tox -e lxt (transformers<5)
 
 
 @pytest.fixture(autouse=True)

@@ -97,6 +97,23 @@ def test_softmax_masked_positions_get_zero():
     assert (rel[~mask] == 0).all()
 
 
+def test_mask_added_to_a_mask_overflows_to_minus_inf():
+    """transformers 4.x GPT-2 (eager) adds its padding mask to ``where(causal, w, finfo.min)``:
+    ``finfo.min + finfo.min = -inf``. The add rule gives no shares there and the ledger stays finite."""
+    x = torch.randn(2, 5, requires_grad=True)
+    keep = torch.ones(5, 5, dtype=torch.bool).tril()[-2:]
+    lowest = torch.finfo(x.dtype).min
+    with dynlrp.record():
+        logits = torch.where(keep, x * 1.0, lowest) + torch.where(keep, 0.0, lowest)
+        out = torch.softmax(logits, -1)
+    assert torch.isinf(logits).any()
+    exp, _ = _explain(out, [x])
+    rel = exp.relevance(x)
+    assert torch.isfinite(rel).all() and (rel[~keep] == 0).all()
+    _rows(exp, "AddBackward0")
+    assert exp.conservation.unexplained < 1e-10
+
+
 def test_log_softmax_reference():
     x = torch.randn(3, 6, requires_grad=True)
     out = torch.log_softmax(x * 1.0, -1)

@@ -36,9 +36,10 @@ def _signed_sum(ctx: NodeContext, relevance, coefficients: tuple[float, ...]) ->
     z = torch.broadcast_to(z, r.shape)
     s = stabilize(z, ctx.settings.epsilon)
     c = r / s
-    shares = tuple(reduce_to_shape(t * c, ctx.output_shapes[0] if v is None else v.shape)
+    finite = torch.isfinite(z)  # a mask added to a mask overflows to -inf: no shares there (inf * 0 = nan)
+    shares = tuple(reduce_to_shape(torch.where(finite, t * c, 0.0), ctx.output_shapes[0] if v is None else v.shape)
                    for t, v in zip(terms, values))
-    return RuleResult(shares, {"stabiliser": total((s - z) * c)})
+    return RuleResult(shares, {"stabiliser": total(torch.where(finite, (s - z) * c, 0.0))})
 
 
 @rule("AddBackward0", "SubBackward0")
