@@ -205,6 +205,7 @@ class _Sweep:
                               self.analysis, sweep=self)
             result = self._apply(info, ctx, relevance, path, fallbacks)
             in_total = sum(total(r) for r in relevance if r is not None)
+            flow = sum(total(r.abs()) for r in relevance if r is not None)
             out_total = torch.zeros((), dtype=torch.float64)
             absorbed = {cause: torch.as_tensor(v, dtype=torch.float64) for cause, v in result.absorbed.items()}
             for slot, r in enumerate(result.inputs):
@@ -221,6 +222,7 @@ class _Sweep:
                     raise RuleError(f"rule {info.name if info else FALLBACK} returned relevance of shape"
                                     f" {tuple(r.shape)} for slot {slot} of {name}, expected {expected}")
                 out_total = out_total + total(r)
+                flow = flow + total(r.abs())
                 if edge in self.cut_inputs:
                     key = id(self.cut_inputs[edge])
                     input_relevance[key] = input_relevance[key] + r if key in input_relevance else r
@@ -229,13 +231,15 @@ class _Sweep:
                 slots[nr] = r if slots[nr] is None else slots[nr] + r
             if result.sources is not None:
                 out_total = out_total + total(result.sources)
+                flow = flow + total(result.sources.abs())
                 if node in self.leaf_inputs:
                     input_relevance[id(self.leaf_inputs[node])] = result.sources
                 else:
                     tokens.append(TokenRelevance(path, ctx.saved("indices"), result.sources))
             for cause, value in absorbed.items():
                 absorbed_total[cause] = absorbed_total.get(cause, 0.0) + value
-            rows.append((name, info.name if info else FALLBACK, path, in_total, out_total, absorbed, info is None))
+            rows.append((name, info.name if info else FALLBACK, path, in_total, flow, out_total, absorbed,
+                         info is None))
         return self._finish(start, rows, input_relevance, tokens, fallbacks, absorbed_total)
 
     def _apply(self, info, ctx: NodeContext, relevance, path: str, fallbacks: dict[str, int]) -> RuleResult:
@@ -252,8 +256,8 @@ class _Sweep:
 
     def _finish(self, start, rows, input_relevance, tokens, fallbacks, absorbed_total) -> Explanation:
         scalars = [start.detach().to(torch.float64).sum()]
-        for _, _, _, rin, rout, absorbed, _ in rows:
-            scalars += [rin, rout, *absorbed.values()]
+        for _, _, _, rin, rabs, rout, absorbed, _ in rows:
+            scalars += [rin, rabs, rout, *absorbed.values()]
         inputs_sum = sum((total(r) for r in input_relevance.values()), torch.zeros((), dtype=torch.float64))
         inputs_sum = inputs_sum + sum((total(t.relevance) for t in tokens), torch.zeros((), dtype=torch.float64))
         causes = sorted(absorbed_total)
@@ -261,11 +265,11 @@ class _Sweep:
         values = iter(torch.stack([torch.as_tensor(s, dtype=torch.float64) for s in scalars]).tolist())
         out_value = next(values)
         records = []
-        for name, rule_name, path, _, _, absorbed, fallback in rows:
-            rin, rout = next(values), next(values)
+        for name, rule_name, path, _, _, _, absorbed, fallback in rows:
+            rin, rabs, rout = next(values), next(values), next(values)
             ab = {cause: next(values) for cause in absorbed}
             err = abs(rin - rout - sum(ab.values())) / max(abs(rin), 1e-300) if (rin or rout or ab) else 0.0
-            records.append(NodeRecord(name, rule_name, path, rin, rout, ab, err, fallback))
+            records.append(NodeRecord(name, rule_name, path, rin, rout, ab, err, fallback, rabs))
         inputs_value = next(values)
         absorbed_values = {c: next(values) for c in causes}
         unexplained = abs(out_value - inputs_value - sum(absorbed_values.values())) / max(abs(out_value), 1e-300)

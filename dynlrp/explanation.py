@@ -35,6 +35,7 @@ class NodeRecord:
     absorbed: dict[str, float]
     error: float
     fallback: bool = False
+    flow: float = 0.0  # sum |R| in + sum |R| passed on: the scale of rounding error in low precision
 
 
 @dataclass
