@@ -1330,6 +1330,41 @@ def _lstm_fused():
     return exp
 
 
+# norms and GLU ----------------------------------------------------------------------------------------
+
+
+@case("vector_norm_l2_dims", "LinalgVectorNormBackward0")
+def _vector_norm_l2():
+    x = leaf(2, 3, 4)
+    out = torch.linalg.vector_norm(x, dim=(1, 2))
+    r0 = torch.randn(out.shape)
+    exp = explain(out, r0, [x])
+    xd = x.detach()
+    close(exp.relevance(x), xd**2 / (xd**2).sum((1, 2), keepdim=True) * r0.view(2, 1, 1))
+    return exp
+
+
+@case("vector_norm_l1_keepdim", "LinalgVectorNormBackward0")
+def _vector_norm_l1():
+    x = leaf(3, 5)
+    out = torch.linalg.vector_norm(x, ord=1, dim=-1, keepdim=True)
+    r0 = torch.randn(out.shape)
+    exp = explain(out, r0, [x])
+    xd = x.detach()
+    close(exp.relevance(x), xd.abs() / xd.abs().sum(-1, keepdim=True) * r0)
+    return exp
+
+
+@case("glu", "GluBackward0")
+def _glu():
+    x = leaf(2, 6)
+    out = F.glu(x, -1)
+    r0 = torch.randn(out.shape)
+    exp = explain(out, r0, [x])
+    close(exp.relevance(x), torch.cat([r0 / 2, r0 / 2], -1))  # uniform rule on a * sigmoid(b)
+    return exp
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_case(name):
     CASES[name].fn()
@@ -1398,3 +1433,4 @@ def test_every_rule_is_covered():
     covered = {(REGISTRY.rules[t].family, REGISTRY.rules[t].name) for t in COVERAGE if t in REGISTRY.rules}
     package = {(REGISTRY.rules[t].family, REGISTRY.rules[t].name) for t in PACKAGE_NODE_TYPES if t in REGISTRY.rules}
     assert package <= covered, package - covered
+

@@ -114,6 +114,23 @@ def div(ctx: NodeContext, relevance):
     return RuleResult(tuple(out))
 
 
+saved_values("GluBackward0", inputs={0: "_saved_self"})
+
+
+@rule("GluBackward0")
+def glu(ctx: NodeContext, relevance):
+    """GLU ``y = a * sigmoid(b)`` with ``a, b = x.chunk(2, dim)``: a product of two different
+    tensors, so the uniform rule ``R_a = R_b = R / 2`` (AttnLRP), then ``R_x = cat(R_a, R_b)``.
+    Exact conservation."""
+    half = relevance[0] / 2
+    return RuleResult((torch.cat([half, half], ctx.saved("dim")),))
+
+
+@replay("GluBackward0")
+def _glu_forward(ctx: NodeContext):
+    return (torch.nn.functional.glu(ctx.input(0), ctx.saved("dim")),)
+
+
 @replay("AddBackward0", "SubBackward0")
 def _add_forward(ctx: NodeContext):
     sign = 1.0 if ctx.type == "AddBackward0" else -1.0

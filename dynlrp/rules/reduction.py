@@ -1,9 +1,13 @@
-"""Reductions: sum and mean over some or all dimensions, with the z-rule."""
+"""Reductions: sum and mean over some or all dimensions (z-rule); vector norms (share of |x|^p)."""
 from __future__ import annotations
+
+import math
+
+import torch
 
 from ..context import NodeContext, RuleResult
 from .common import z_rule
-from .registry import replay, rule
+from .registry import replay, rule, saved_values
 
 
 @rule("SumBackward0", "SumBackward1", "MeanBackward0", "MeanBackward1")
@@ -33,3 +37,30 @@ def _sum_dims(ctx: NodeContext):
 @replay("MeanBackward1")
 def _mean_dims(ctx: NodeContext):
     return (ctx.input(0).mean(ctx.saved("dim"), keepdim=ctx.saved("keepdim")),)
+
+
+saved_values("LinalgVectorNormBackward0", inputs={0: "_saved_self"}, outputs={0: "_saved_result"})
+
+
+@rule("LinalgVectorNormBackward0")
+def vector_norm(ctx: NodeContext, relevance):
+    """``z = ||x||_p`` over ``dim``: each element's share of the p-th power of the norm,
+    ``R_i = |x_i|^p / sum_j |x_j|^p * R`` (p = inf: the largest magnitudes share it; a zero norm
+    spreads evenly). Exact conservation; nothing absorbed. (A norm that only normalises, as in
+    ``x / ||x||``, receives no relevance at all: the division treats it as a constant.)"""
+    x, p = ctx.input(0), ctx.saved("ord")
+    dim, keepdim = ctx.saved("dim"), ctx.saved("keepdim")
+    dims = tuple(range(x.dim())) if dim is None or len(dim) == 0 else tuple(d % x.dim() for d in dim)
+    if math.isinf(p):
+        peak = x.abs().amax(dims, keepdim=True)
+        weight = (x.abs() == peak).to(x.dtype)
+    else:
+        weight = x.abs() ** p
+    total_weight = weight.sum(dims, keepdim=True)
+    share = torch.where(total_weight > 0, weight / total_weight.clamp_min(torch.finfo(x.dtype).tiny),
+                        torch.ones_like(weight) / math.prod(x.shape[d] for d in dims))
+    r = relevance[0]
+    if not keepdim:
+        for d in sorted(dims):
+            r = r.unsqueeze(d)
+    return RuleResult((share * r,))
