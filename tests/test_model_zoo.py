@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import importlib.util
 import os
 import subprocess
 import sys
@@ -140,11 +141,13 @@ def test_eager_only_entries_really_lack_sdpa(name):
         model_zoo.get(name).builder("tiny", "sdpa")
 
 
-def test_mamba_ssm_entry_is_optional():
+def test_mamba_ssm_entry_is_optional(monkeypatch):
     entry = model_zoo.get("mamba_130m_ssm")
     assert entry.requires == ("mamba_ssm",)
-    if entry.available():
-        pytest.skip("mamba_ssm is installed: covered by the build tests")
+    find_spec = importlib.util.find_spec  # hide an installed mamba_ssm for this test only
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "mamba_ssm" else find_spec(name, *args))
+    assert not entry.available()
     with pytest.raises(model_zoo.ModelUnavailableError) as info:
         entry.build()
     assert info.value.missing == ("mamba_ssm",)
