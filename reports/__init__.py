@@ -20,9 +20,9 @@ import jinja2
 
 from dynlrp.rules import REGISTRY
 
-PAPER_TABLE4 = {  # the seed paper's promise statistics: promises, internal nodes, delta, rho, total nodes
-    "roberta": (243, 48, 438, 0.166, 1465), "flan_t5": (798, 348, 980, 0.140, 5713),
-    "vit": (224, 27, 227, 0.288, 779), "vgg16": (32, 0, 32, 0.356, 90),
+PAPER_TABLE4 = {  # the seed paper's promise statistics (zoo names): promises, internal nodes, delta, rho, nodes
+    "roberta_large": (243, 48, 438, 0.166, 1465), "flan_t5_large": (798, 348, 980, 0.140, 5713),
+    "vit_b_16": (224, 27, 227, 0.288, 779), "vgg16": (32, 0, 32, 0.356, 90),
 }
 PAPER_COVERAGE = "99.92% (31,440 / 31,465 nodes over 15 architectures)"
 
@@ -123,7 +123,7 @@ def render_report(results: list[Mapping[str, Any]], out_dir: str | Path,
         audit = result.get("audit")
         uncovered = [{"op": op, "count": info["count"], "modules": info["modules"], "hint": nearest_rules(op)}
                      for op, info in (audit or {}).get("missing", {}).items()]
-        paper = PAPER_TABLE4.get(result.get("paper_key") or result["name"])
+        paper = PAPER_TABLE4.get(result["name"])
         page = _ENV.get_template("model.html.j2").render(
             r=result, audit=audit, uncovered=uncovered, image=image, tokens=tokens, peak=peak, curve=curve,
             paper=paper, colour=_token_colour, ops=sorted((audit or {}).get("ops", {}).items()))
