@@ -19,6 +19,7 @@ from .errors import (
                      NoGraphError,
                      RuleError,
                      TargetError,
+                     TrainModeWarning,
 )
 from .explanation import Conservation, Explanation, NodeRecord, TokenRelevance
 from .graph import Graph
@@ -30,8 +31,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuditReport", "Conservation", "DecompositionMismatchError", "DynLRPError", "Explanation", "Graph",
-    "GraphFreedError", "InplaceModifiedError",
-    "InputError", "LinearRule", "MissingRuleError", "MissingRuleWarning", "MissingValueError", "NoGraphError",
-    "NodeRecord", "OpStats", "Preset", "Recording", "RuleError", "TargetError", "TokenRelevance", "audit", "explain",
-    "list_rules", "presets", "record", "rules", "seed_relevance",
+    "GraphFreedError", "InplaceModifiedError", "InputError", "LinearRule", "MissingRuleError", "MissingRuleWarning",
+    "MissingValueError", "NoGraphError", "NodeRecord", "OpStats", "Preset", "Recording", "RuleError", "TargetError",
+    "TokenRelevance", "TrainModeWarning", "audit", "explain", "list_rules", "presets", "record", "rules",
+    "seed_relevance",
 ]

@@ -13,7 +13,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from .engine import explain
-from .errors import DynLRPError, MissingRuleWarning, MissingValueError
+from .errors import DynLRPError, MissingRuleWarning, MissingValueError, TrainModeWarning
 from .explanation import Explanation
 from .graph import Graph, node_type
 from .modules import track_modules
@@ -166,6 +166,9 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
     graph, ``needs_record`` names it and the explanation uses the recorded forward instead.
     """
     label = name or type(model).__name__
+    if any(module.training for module in model.modules()):
+        warnings.warn(f"{label} is in train mode (dropout, batch statistics); the audit explains that forward."
+                      " Call model.eval() to audit the model as deployed", TrainModeWarning, stacklevel=2)
     args = tuple(a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                  for a in args)
     kwargs = {k: v.detach().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v

@@ -16,7 +16,16 @@ import torch
 
 from .analysis import Analysis
 from .context import NodeContext, RuleResult
-from .errors import DynLRPError, InputError, MissingRuleError, MissingRuleWarning, NoGraphError, RuleError, TargetError
+from .errors import (
+    DynLRPError,
+    InputError,
+    MissingRuleError,
+    MissingRuleWarning,
+    NoGraphError,
+    RuleError,
+    TargetError,
+    TrainModeWarning,
+)
 from .explanation import Conservation, Explanation, NodeRecord, TokenRelevance
 from .graph import Edge, Graph, Node, node_type
 from .presets import Preset, resolve
@@ -109,6 +118,10 @@ class _Sweep:
         self.leaf_inputs: dict[Node, torch.Tensor] = {}
         self.cut_inputs: dict[Edge, torch.Tensor] = {}
         self._find_inputs(inputs)
+        for i, tensor in enumerate(list(self.leaf_inputs.values()) + list(self.cut_inputs.values())):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise InputError(f"input {i} (shape {tuple(tensor.shape)}) is not finite (NaN or Inf): the forward"
+                                 " values and any relevance would be meaningless; clean the input first")
         self.data = self._data_flags()
         self.first = self._first_layers()
         self.analysis = Analysis(self.graph, self.edge_is_data)
@@ -168,6 +181,17 @@ class _Sweep:
         self.near = near  # node -> reached from an explained input through shape ops only
         return {node for node in self.graph.order if node_type(node) in LINEAR_TYPES
                 and any(self.edge_is_data(e) and (e in self.cut_inputs or near[e[0]]) for e in self.graph.edges[node])}
+
+    def train_mode_nodes(self) -> list[str]:
+        """Data nodes that only exist, or behave differently, in train mode."""
+        found = []
+        for node in self.graph.order:
+            name = node_type(node)
+            if not self.data[node]:
+                continue
+            if name == "NativeDropoutBackward0" or (name == "NativeBatchNormBackward0" and node._saved_training):
+                found.append(name)
+        return found
 
     def missing_rules(self) -> dict[str, tuple[int, list[str]]]:
         missing: dict[str, tuple[int, list[str]]] = {}
@@ -302,9 +326,16 @@ def explain(output: torch.Tensor, target: Any = None, *, rules: str | Preset = "
     preset = resolve(rules)
     start = seed_relevance(output, target, seed)
     sweep = _Sweep(output, inputs, preset, module_paths, recording, strict)
+    if not torch.isfinite(output.detach()).all():
+        raise NoGraphError("the output contains NaN or Inf; LRP needs finite forward values (check the model's"
+                           " inputs, dtype overflow, or -inf masks reaching the output)")
     if strict:
         missing = sweep.missing_rules()
         if missing:
             raise MissingRuleError(missing)
+    train = sweep.train_mode_nodes()
+    if train:
+        warnings.warn(f"the forward ran in train mode ({len(train)} nodes: {sorted(set(train))}); call model.eval()"
+                      " before the forward to explain the model as deployed", TrainModeWarning, stacklevel=2)
     with torch.no_grad():
         return sweep.run(start, output)

@@ -64,3 +64,8 @@ class MissingRuleError(DynLRPError):
 
 class MissingRuleWarning(UserWarning):
     """Nodes without a rule were propagated with the named gradient fallback."""
+
+
+class TrainModeWarning(UserWarning):
+    """The forward ran in train mode (batch statistics, active dropout): the explanation is of that
+    random, batch-dependent forward; call ``model.eval()`` to explain the model as deployed."""

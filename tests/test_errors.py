@@ -115,7 +115,7 @@ def test_missing_rule_error_names_module_paths():
         def forward(self, x):
             return torch.special.erfcx(x)
 
-    model = nn.Sequential(nn.Linear(4, 4), Odd(), nn.Linear(4, 2))
+    model = nn.Sequential(nn.Linear(4, 4), Odd(), nn.Linear(4, 2)).eval()
     report = dynlrp.audit(model, torch.randn(1, 4))
     assert report.missing == {"SpecialErfcxBackward0": (1, ["1"])}
     assert report.coverage < 1.0
