@@ -35,6 +35,13 @@ USER_MODELS = textwrap.dedent('''
 
     def broken():
         raise RuntimeError("<script>alert('x')</script> cannot be built")
+
+    class Crashes(nn.Module):
+        def forward(self, x):
+            raise ValueError("forward fails on purpose")
+
+    def crashing_forward():
+        return Crashes(), (torch.randn(1, 4),)
 ''')
 
 
@@ -44,7 +51,8 @@ def run(tmp_path_factory):
     (work / "user_models.py").write_text(USER_MODELS)
     out = work / "report"
     env = {"PYTHONPATH": str(work), "PATH": "/usr/bin:/bin:/usr/local/bin"}
-    specs = ["user_models:cnn", "user_models:text", "user_models:unknown_op", "user_models:broken"]
+    specs = ["user_models:cnn", "user_models:text", "user_models:unknown_op", "user_models:broken",
+             "user_models:crashing_forward"]
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "audit"), "-q", "-n", "2", "--report-dir", str(out)]
     for spec in specs:
         cmd += ["--model", spec]
@@ -65,8 +73,11 @@ def test_results_json_merges_all_workers(run):
     _, out = run
     data = json.loads((out / "latest.json").read_text())
     by_id = {r["id"]: r for r in data["results"]}
-    assert set(by_id) == {"user_models:cnn", "user_models:text", "user_models:unknown_op", "user_models:broken"}
+    assert set(by_id) == {"user_models:cnn", "user_models:text", "user_models:unknown_op", "user_models:broken",
+                          "user_models:crashing_forward"}
     assert by_id["user_models:broken"]["status"] == "build_error"
+    assert by_id["user_models:crashing_forward"]["status"] == "forward_error"
+    assert "forward fails on purpose" in by_id["user_models:crashing_forward"]["error"]
     assert by_id["user_models:cnn"]["audit"]["coverage"] == 1.0
     assert by_id["user_models:unknown_op"]["audit"]["missing"]["SpecialErfcxBackward0"]["count"] == 1
     assert by_id["user_models:text"]["picture"]["kind"] == "tokens"
