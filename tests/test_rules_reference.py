@@ -1330,6 +1330,41 @@ def _lstm_fused():
     return exp
 
 
+@case("selective_scan_fused_float64", "SelectiveScanFnBackward")
+def _selective_scan_fused():
+    """mamba-ssm's ``SelectiveScanFn`` (one ``SelectiveScanFnBackward`` node; on CPU with a fake kernel
+    built on ``selective_scan_ref``, see tests/test_selective_scan.py); its rule re-runs the scan in
+    plain torch. Reference: the same scan written with plain torch ops (exp, products, sums, softplus,
+    silu: rules checked above), explained with the same starting relevance. float64, rtol 1e-6."""
+    try:
+        from . import test_selective_scan as sst
+    except ImportError:
+        import test_selective_scan as sst
+    from model_zoo.ssm import import_mamba_ssm
+
+    import_mamba_ssm()
+    import mamba_ssm.ops.selective_scan_interface as interface
+
+    saved = interface.selective_scan_cuda
+    interface.selective_scan_cuda = sst.FakeKernel(interface.selective_scan_ref)
+    try:
+        data, params, options = sst._operands(sst.CONFIGS["full"], torch.float64)
+        out = sst._call(interface.SelectiveScanFn.apply, data, params, options)
+        r0 = torch.randn(out.shape, dtype=torch.float64)
+        exp = dynlrp.explain(out, target=r0, inputs=list(data.values()), strict=True)
+    finally:
+        interface.selective_scan_cuda = saved
+    assert all(row.error <= 1e-9 for row in exp.nodes), exp.nodes
+    ref_data, ref_params, _ = sst._operands(sst.CONFIGS["full"], torch.float64)
+    ref_out = sst._call(sst.selective_scan, ref_data, ref_params, options)
+    reference = explain(ref_out, r0, list(ref_data.values()))
+    assert "SelectiveScanFnBackward" not in node_types(reference)
+    for name, t in data.items():
+        want = reference.relevance(ref_data[name])
+        assert (exp.relevance(t) - want).abs().max() <= 1e-6 * want.abs().max() + 1e-12, name
+    return exp
+
+
 # norms and GLU ----------------------------------------------------------------------------------------
 
 

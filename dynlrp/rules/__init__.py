@@ -1,5 +1,17 @@
 """LRP rules, one module per op family, registered by autograd node type name."""
-from . import activation, attention, elementwise, indexing, linear, normalization, pooling, reduction, shape, sources  # noqa: F401
+from . import (  # noqa: F401
+    activation,
+    attention,
+    elementwise,
+    indexing,
+    linear,
+    normalization,
+    pooling,
+    reduction,
+    selective_scan,
+    shape,
+    sources,
+)
 from .decompose import register_decomposition
 from .linear import LinearRule
 from .registry import REGISTRY, RuleInfo, replay, rule, saved_values
