@@ -247,7 +247,7 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
     """Shared by mm / bmm / addmm: linear rule when one operand is a parameter, else uniform."""
     a, b = ctx.input(a_slot), ctx.input(b_slot)
     alpha, beta = scale
-    product = alpha * (a @ b)
+    product = a @ b if alpha == 1 else alpha * (a @ b)
     bias = None
     if bias_slot is not None:
         bias = beta * ctx.input(bias_slot) if ctx.has_input(bias_slot) else ctx.output() - product
@@ -266,7 +266,9 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
         out[a_slot], out[b_slot] = r_a, r_b
         return RuleResult(tuple(out), absorbed)
     data_first = a_data
-    x, w = (a, alpha * b) if data_first else (b, alpha * a)
+    x, w = (a, b) if data_first else (b, a)
+    if alpha != 1:  # no scaled copy of the weight in the usual case
+        w = alpha * w
     op = _matmul_op(data_first)
     z = product if bias is None else product + bias
     r_x, absorbed = modified_z(op, x, w, bias, z, relevance, ctx.settings.linear)
