@@ -1365,6 +1365,48 @@ def _selective_scan_fused():
     return exp
 
 
+@case("mamba_inner_fused_float64", "MambaInnerFnBackward")
+def _mamba_inner_fused():
+    """mamba-ssm's ``MambaInnerFn`` (one ``MambaInnerFnBackward`` node: causal conv1d, x_proj, dt_proj,
+    selective scan, out_proj; on CPU with fake kernels, see tests/test_mamba_inner.py); its rule re-runs
+    the mixer in plain torch. Reference: the same mixer written with plain torch ops (conv1d, linear,
+    the scan's ops: rules checked above), explained with the same starting relevance. float64, rtol 1e-6."""
+    try:
+        from . import test_mamba_inner as tmi
+    except ImportError:
+        import test_mamba_inner as tmi
+    from model_zoo.ssm import import_mamba_ssm
+
+    import_mamba_ssm()
+    import mamba_ssm.ops.selective_scan_interface as interface
+
+    saved = {}
+
+    def patch(module, name, value):
+        saved.setdefault(name, getattr(module, name))
+        setattr(module, name, value)
+
+    cfg = tmi.CONFIGS["biases_lvl0"]
+    try:
+        tmi.patch_kernels(interface, patch)
+        data, params, options = tmi._operands(cfg, torch.float64)
+        out = tmi.call_fused(interface, data, params, options)
+        r0 = torch.randn(out.shape, dtype=torch.float64)
+        exp = dynlrp.explain(out, target=r0, inputs=list(data.values()), strict=True)
+    finally:
+        for name, value in saved.items():
+            setattr(interface, name, value)
+    assert all(row.error <= 1e-9 for row in exp.nodes), exp.nodes
+    ref_data, ref_params, _ = tmi._operands(cfg, torch.float64)
+    ref_out = tmi.call_reference(ref_data, ref_params, options)
+    reference = explain(ref_out, r0, list(ref_data.values()))
+    assert "MambaInnerFnBackward" not in node_types(reference)
+    for name, t in data.items():
+        want = reference.relevance(ref_data[name])
+        assert (exp.relevance(t) - want).abs().max() <= 1e-6 * want.abs().max() + 1e-12, name
+    return exp
+
+
 # norms and GLU ----------------------------------------------------------------------------------------
 
 

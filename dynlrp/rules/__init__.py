@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     elementwise,
     indexing,
     linear,
+    mamba_inner,
     normalization,
     pooling,
     reduction,
