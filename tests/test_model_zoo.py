@@ -305,9 +305,11 @@ FAKE_MAMBA_SSM = {
 
 @pytest.fixture
 def fake_mamba_ssm(tmp_path, monkeypatch):
-    """A stand-in for a CPU-only mamba-ssm install (no selective_scan_cuda), removed afterwards."""
-    if model_zoo.get("mamba_130m_ssm").available() or "selective_scan_cuda" in sys.modules:
-        pytest.skip("a real mamba_ssm install is present")
+    """A stand-in for a CPU-only mamba-ssm install (no selective_scan_cuda), shadowing a real install
+    for this test only; the real modules are put back afterwards."""
+    real = {n: m for n, m in sys.modules.items() if n == "mamba_ssm" or n.startswith("mamba_ssm.")}
+    for name in real:
+        del sys.modules[name]
     for path, source in FAKE_MAMBA_SSM.items():
         target = tmp_path / "mamba_ssm" / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +318,7 @@ def fake_mamba_ssm(tmp_path, monkeypatch):
     yield
     for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
         del sys.modules[name]
+    sys.modules.update(real)
 
 
 def test_mamba_ssm_runs_through_the_scoped_stub_and_reference_paths(fake_mamba_ssm):
