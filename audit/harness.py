@@ -105,6 +105,8 @@ def run_case(case: Case, rules: str = "epsilon") -> dict[str, Any]:
     else:
         try:
             report = dynlrp.audit(model, *args, rules=rules, output=case.output, name=case.id, **kwargs)
+        except dynlrp.DynLRPError as err:  # the forward ran; dynlrp could not audit it
+            result.update(status="audit_error", error=_describe(err))
         except Exception as err:
             result.update(status="forward_error", error=_describe(err))
         else:
