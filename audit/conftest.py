@@ -28,7 +28,8 @@ def pytest_addoption(parser):
     group.addoption("--rules", default="epsilon", help="dynlrp preset name")
     group.addoption("--report-dir", default="reports/output", help="where the JSON and HTML go")
     group.addoption("--baseline", default=None, help="a results JSON of an earlier run to compare against")
-    group.addoption("--tolerance", type=float, default=1e-3, help="largest per-node unexplained error")
+    group.addoption("--tolerance", type=float, default=1e-4,
+                    help="largest per-node unexplained error, relative to the node's flow (sum |R|)")
 
 
 def _cases(config):

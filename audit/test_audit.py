@@ -34,8 +34,10 @@ def test_conservation_per_op(result, request):
     audit = _audited(result)
     assert result["status"] != "audit_error", result["error"]
     tolerance = request.config.getoption("--tolerance")
-    worst = {op: s["max_error"] for op, s in audit["ops"].items() if s["max_error"] > tolerance}
-    assert not worst, f"per-node unexplained error above {tolerance}: {worst}"
+    # |in - out - absorbed| relative to the relevance that flows through the node (sum |R|): float32
+    # rounding scales with the flow, and a relevance sum near zero would make |in| meaningless
+    worst = {op: s["max_flow_error"] for op, s in audit["ops"].items() if s["max_flow_error"] > tolerance}
+    assert not worst, f"per-node unexplained error above {tolerance} of the flow: {worst}"
 
 
 def test_recovered_activations_match_the_forward(result):

@@ -33,6 +33,7 @@ class OpStats:
     mean_error: float = 0.0
     absorbed: dict[str, float] = field(default_factory=dict)
     modules: list[str] = field(default_factory=list)
+    max_flow_error: float = 0.0  # largest |in - out - absorbed| / flow: rounding-scale error (low precision)
 
 
 @dataclass
@@ -146,6 +147,8 @@ def _op_stats(graph: Graph, paths: Mapping, exp: Explanation | None) -> dict[str
         for row in exp.nodes:
             errors.setdefault(row.node_type, []).append(row.error)
             stats = ops[row.node_type]
+            residual = abs(row.relevance_in - row.relevance_out - sum(row.absorbed.values()))
+            stats.max_flow_error = max(stats.max_flow_error, residual / max(row.flow, 1e-300) if residual else 0.0)
             for cause, value in row.absorbed.items():
                 stats.absorbed[cause] = stats.absorbed.get(cause, 0.0) + value
         for name, errs in errors.items():
