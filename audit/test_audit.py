@@ -33,6 +33,7 @@ def test_every_node_has_a_rule(result, request):
 def test_conservation_per_op(result, request):
     audit = _audited(result)
     assert result["status"] != "audit_error", result["error"]
+    assert audit["conservation"]["output"] != 0.0, "the explained logit is exactly 0: nothing to explain"
     tolerance = request.config.getoption("--tolerance")
     # |in - out - absorbed| relative to the relevance that flows through the node (sum |R|): float32
     # rounding scales with the flow, and a relevance sum near zero would make |in| meaningless

@@ -67,6 +67,16 @@ class ModelUnavailableError(RuntimeError):
         super().__init__(message + (f"; install with: {hints}" if hints else ""))
 
 
+def _randomise_zero_matrices(model: nn.Module, std: float = 0.02) -> None:
+    """Give weight matrices that the library initialises to all zeros (torchvision's ViT head, some
+    classifier heads) random values: with random weights elsewhere, a zero head makes every logit 0
+    and every explanation trivially zero."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2 and param.device.type != "meta" and not param.any():
+                param.normal_(0.0, std)
+
+
 @dataclass(frozen=True)
 class Entry:
     """One architecture of the zoo.
@@ -120,6 +130,7 @@ class Entry:
             raise ModelUnavailableError(self.name, missing)
         torch.manual_seed(seed)
         model, args, kwargs = self.builder(size, attn)
+        _randomise_zero_matrices(model)
         return model.eval(), tuple(args), dict(kwargs)
 
     def output(self, result: Any) -> torch.Tensor:
