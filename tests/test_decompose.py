@@ -354,16 +354,8 @@ def test_decomposition_registers_a_forward_replay(custom_functions):
 # named errors
 
 
-class WrongSquare(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0) ** 2
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * 2 * x.clamp(min=0)
+class WrongSquare(MySquareReLU):
+    """The same Function under another node type name (``WrongSquareBackward``)."""
 
 
 def test_mismatching_reference_raises_named_error_output_check(decompose):

@@ -228,14 +228,7 @@ def test_decomposition_equals_plain_torch_reference(kernel, name, dtype):
     ref_data, ref_params, _ = _operands(cfg, dtype)
     _, ref_exp, want = _explain(call_reference, ref_data, ref_params, options, target, False)
     assert NODE not in {row.node_type for row in ref_exp.nodes}
-    rtol = 1e-6 if dtype == torch.float64 else 1e-4
-    assert all(w.abs().max() > 0 for w in want)
-    for g, w in zip(got, want):
-        assert (g.double() - w.double()).abs().max() <= rtol * w.double().abs().max() + 1e-12
-    assert exp.conservation.unexplained == pytest.approx(ref_exp.conservation.unexplained, abs=rtol)
-    assert exp.conservation.inputs == pytest.approx(ref_exp.conservation.inputs, rel=rtol, abs=1e-9)
-    ledger = 1e-9 if dtype == torch.float64 else 1e-4
-    assert max(row.error for row in exp.nodes if row.node_type == NODE) < ledger
+    sst.assert_fused_matches_reference(exp, got, ref_exp, want, dtype, NODE)
 
 
 def test_rms_backward_is_not_the_derivative_without_a_recording(kernel):

@@ -142,14 +142,7 @@ def test_decomposition_equals_plain_torch_reference(kernel, name, dtype):
     ref_data, ref_params, _ = _operands(cfg, dtype)
     _, ref_exp, want = _explain(selective_scan, ref_data, ref_params, options, target)
     assert NODE not in {row.node_type for row in ref_exp.nodes}
-    rtol = 1e-6 if dtype == torch.float64 else 1e-4
-    assert all(w.abs().max() > 0 for w in want)
-    for g, w in zip(got, want):
-        assert (g.double() - w.double()).abs().max() <= rtol * w.double().abs().max() + 1e-12
-    assert exp.conservation.unexplained == pytest.approx(ref_exp.conservation.unexplained, abs=rtol)
-    assert exp.conservation.inputs == pytest.approx(ref_exp.conservation.inputs, rel=rtol, abs=1e-9)
-    ledger = 1e-9 if dtype == torch.float64 else 1e-4
-    assert max(row.error for row in exp.nodes if row.node_type == NODE) < ledger
+    assert_fused_matches_reference(exp, got, ref_exp, want, dtype, NODE)
 
 
 class TinyScan(nn.Module):
@@ -184,3 +177,15 @@ def test_audit_covers_the_scan(kernel):
     assert stats.max_error < 1e-4
     assert report.conservation["unexplained"] < 1e-4
     assert report.backward_ok
+
+
+def assert_fused_matches_reference(exp, got, ref_exp, want, dtype, node):
+    """The fused node's explanation equals the plain-torch one; its ledger row is exact to dtype."""
+    rtol = 1e-6 if dtype == torch.float64 else 1e-4
+    assert all(w.abs().max() > 0 for w in want)
+    for g, w in zip(got, want):
+        assert (g.double() - w.double()).abs().max() <= rtol * w.double().abs().max() + 1e-12
+    assert exp.conservation.unexplained == pytest.approx(ref_exp.conservation.unexplained, abs=rtol)
+    assert exp.conservation.inputs == pytest.approx(ref_exp.conservation.inputs, rel=rtol, abs=1e-9)
+    ledger = 1e-9 if dtype == torch.float64 else 1e-4
+    assert max(row.error for row in exp.nodes if row.node_type == node) < ledger
