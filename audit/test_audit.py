@@ -50,3 +50,16 @@ def test_recovered_activations_match_the_forward(result):
 def test_graph_still_backpropagates(result):
     audit = _audited(result)
     assert audit["backward_ok"], result["error"]
+
+
+def test_post_hoc_and_recorded_paths_agree(result, request):
+    """Both paths run on every model: post hoc (graph only) where the graph holds every value, and
+    from a plain ``record()`` of the forward; where both run they give the same relevance."""
+    audit = _audited(result)
+    assert result["status"] != "audit_error", result["error"]
+    if audit["needs_record"]:
+        assert audit["record_values"], "post hoc failed without naming the values it lacks"
+        assert all("needed by the rule of" in line for line in audit["record_values"]), audit["record_values"]
+    else:
+        assert audit["paths_agree"] is not None
+        assert audit["paths_agree"] <= request.config.getoption("--tolerance"), audit["paths_agree"]

@@ -19,6 +19,7 @@ from .graph import Graph, node_type
 from .modules import track_modules
 from .record import Recording, record
 from .rules import REGISTRY
+from .scaffold import describe_lines, describe_node, nearest_rules, scaffold_command, suggest_family
 from .values import ValueStore
 
 
@@ -46,6 +47,41 @@ class ActivationCheck:
 
 
 @dataclass
+class MissingNode:
+    """A node type without a rule, seen on its first node: what a new rule can read and how to add one.
+
+    ``inputs``, ``outputs``, ``saved_tensors`` (``_saved_*`` shapes and dtypes), ``saved_values``
+    (the other saved attributes) and ``opaque`` (a custom Function's class): see
+    :func:`dynlrp.scaffold.describe_node`. ``family``: the nearest rule family
+    (``dynlrp/rules/<family>.py``), ``family_reason`` why; ``nearest``: registered node types with
+    close names and their rules; ``command``: the command that scaffolds the rule and its test.
+    """
+
+    node_type: str
+    count: int
+    modules: list[str]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    saved_tensors: dict[str, Any]
+    saved_values: dict[str, str]
+    opaque: str | None
+    family: str
+    family_reason: str
+    nearest: list[str]
+    command: str
+
+    def describe(self) -> str:
+        """The report's panel as text."""
+        where = ", ".join(self.modules[:5]) + (f" (+{len(self.modules) - 5})" if len(self.modules) > 5 else "")
+        lines = [f"{self.node_type}: no rule, {self.count} node(s) in {where or '<unknown module>'}",
+                 *describe_lines(vars(self)),
+                 f"nearest rule family: {self.family} (dynlrp/rules/{self.family}.py; {self.family_reason})"]
+        lines += [f"nearest rules: {', '.join(self.nearest)}"] if self.nearest else []
+        lines.append(f"scaffold: {self.command}")
+        return "\n".join(lines)
+
+
+@dataclass
 class AuditReport:
     model: str
     coverage: float
@@ -58,7 +94,16 @@ class AuditReport:
     backward_ok: bool | None
     error: str | None = None
     needs_record: str | None = None
+    record_values: list[str] = field(default_factory=list)  # what record() must keep: "NodeType input k at module"
+    paths_agree: float | None = None  # max |post hoc - recorded| / max |recorded| of the input relevance
+    record_nbytes: int = 0  # bytes the plain record() block kept (shared storages such as parameters included)
+    missing_details: dict[str, MissingNode] = field(default_factory=dict)  # panel data per missing node type
     explanation: Explanation | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def posthoc_exact(self) -> bool:
+        """Whether the graph alone holds every value the rules need (no ``record()`` needed)."""
+        return self.needs_record is None and self.error is None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the :class:`Explanation` and its tensors are left out)."""
@@ -66,6 +111,7 @@ class AuditReport:
         data["ops"] = {k: asdict(v) for k, v in self.ops.items()}
         data["activations"] = asdict(self.activations) if self.activations else None
         data["missing"] = {k: {"count": c, "modules": p} for k, (c, p) in self.missing.items()}
+        data["missing_details"] = {k: asdict(v) for k, v in self.missing_details.items()}
         return data
 
     def to_json(self) -> str:
@@ -84,6 +130,7 @@ class AuditReport:
                    f"{len(self.missing)} node types without a rule</p>")
         if self.error:
             summary += f"<p class='missing'>error: {esc(self.error)}</p>"
+        summary += "".join(f"<pre class='missing'>{esc(d.describe())}</pre>" for d in self.missing_details.values())
         if self.conservation:
             summary += f"<pre>{esc(json.dumps(self.conservation, indent=1))}</pre>"
         page = (
@@ -156,6 +203,32 @@ def _op_stats(graph: Graph, paths: Mapping, exp: Explanation | None) -> dict[str
     return ops
 
 
+def _agreement(posthoc: Explanation, recorded: Explanation, inputs: list[torch.Tensor]) -> float:
+    """Largest difference of the two paths' relevance (inputs and tokens), relative to its scale."""
+    pairs = [(posthoc.relevance(t), recorded.relevance(t)) for t in inputs]
+    pairs += [(a.relevance, b.relevance) for a, b in zip(posthoc.tokens, recorded.tokens)]
+    scale = max((b.abs().max().item() for _, b in pairs if b.numel()), default=0.0)
+    diff = max(((a - b).abs().max().item() for a, b in pairs if a.numel()), default=0.0)
+    return diff / scale if scale else diff
+
+
+def missing_nodes(graph: Graph, ops: Mapping[str, OpStats],
+                  value: Callable[[Any, int], torch.Tensor | None] | None = None) -> dict[str, MissingNode]:
+    """A :class:`MissingNode` per node type without a rule, described from its first node;
+    ``value(node, output_nr)`` gives forward values (a recording) to match saved tensors against."""
+    details: dict[str, MissingNode] = {}
+    for node in graph.order:
+        name = node_type(node)
+        if ops[name].covered or name in details:
+            continue
+        info = describe_node(node, value)
+        family, reason = suggest_family(name, info["inputs"], info["outputs"])
+        nearest = [f"{t} ({REGISTRY.rules[t].family}.{REGISTRY.rules[t].name})" for t in nearest_rules(name)]
+        details[name] = MissingNode(name, ops[name].count, list(ops[name].modules), **info, family=family,
+                                    family_reason=reason, nearest=nearest, command=scaffold_command(name, family))
+    return details
+
+
 def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "epsilon",
           output: Callable[[Any], torch.Tensor] | None = None, name: str | None = None,
           **kwargs: Any) -> AuditReport:
@@ -165,8 +238,10 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
     arguments (token ids) reach the relevance through embedding lookups. Reports node coverage, the
     missing rules with module paths, per-op conservation, promise statistics, promise-recovered
     activations against the recorded forward, and whether ``backward()`` still works afterwards.
-    The explanation is post hoc (graph only) where that is exact; where a value is missing from the
-    graph, ``needs_record`` names it and the explanation uses the recorded forward instead.
+    Both paths are run: post hoc (graph only) and from a plain ``record()`` of the forward. Where the
+    graph lacks a value, ``needs_record`` says so and ``record_values`` lists each one (node, operand,
+    module); where both run, ``paths_agree`` is their largest relative difference. The explanation
+    returned is the post-hoc one where that is exact, else the recorded one.
     """
     label = name or type(model).__name__
     if any(module.training for module in model.modules()):
@@ -177,26 +252,35 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
     kwargs = {k: v.detach().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
               for k, v in kwargs.items()}
     inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.requires_grad]
-    with record() as recording, track_modules(model) as paths:
+    with record(outputs=True) as recording, track_modules(model) as paths:
         result = model(*args, **kwargs)
     out = output(result) if output is not None else pick_output(result)
     graph = Graph.build(out.grad_fn)
     ops = _op_stats(graph, paths, None)
     missing = {op: (s.count, s.modules) for op, s in ops.items() if not s.covered}
     coverage = sum(s.count for s in ops.values() if s.covered) / len(graph)
-    exp, error, needs_record = None, None, None
+    missing_details = missing_nodes(graph, ops, recording.output)
+    exp, error, needs_record, record_values, agree = None, None, None, [], None
+    plain = recording.without_outputs()  # what a user's record() holds: the values the graph lacks
     with warnings.catch_warnings():  # the report lists missing rules itself
         warnings.simplefilter("ignore", MissingRuleWarning)
-        for source in (False, recording):  # post hoc first; the recorded forward if that is not exact
+        try:
+            exp = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths, recording=False)
+        except MissingValueError as err:
+            needs_record = str(err)
+            record_values = [m.line().strip() for m in err.missing] or [str(err)]
+        except DynLRPError as err:
+            error = f"{type(err).__name__}: {err}"
+        if error is None:
             try:
-                exp = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths, recording=source)
-                break
-            except MissingValueError as err:
-                needs_record = str(err)
+                recorded = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths,
+                                   recording=plain)
+                agree = _agreement(exp, recorded, inputs) if exp is not None else None
+                exp = exp or recorded
             except DynLRPError as err:
-                error = f"{type(err).__name__}: {err}"
-                break
+                error = f"{type(err).__name__} (inside record()): {err}"
     activations = check_activations(graph, recording)
+    record_nbytes = plain.nbytes
     recording.clear()
     backward_ok = None
     try:
@@ -210,4 +294,5 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
         conservation=asdict(exp.conservation) if exp else None,
         promises=({**asdict(exp.promises), "rho": exp.promises.rho} if exp else None),
         activations=activations, backward_ok=backward_ok, error=error, needs_record=needs_record,
-        explanation=exp)
+        record_values=record_values, paths_agree=agree, record_nbytes=record_nbytes,
+        missing_details=missing_details, explanation=exp)

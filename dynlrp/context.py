@@ -86,8 +86,13 @@ class NodeContext:
             raise MissingValueError(
                 f"{self.type} needs its own forward output to recover an operand outside the graph (a"
                 " frozen bias or constant), and no node kept that output; run the forward inside"
-                " `with dynlrp.record():`")
+                " `with dynlrp.record():`", node=self.node, what=f"output {nr}")
         return self.store.output_value(self.node, nr)
+
+    def operand(self, slot: int) -> torch.Tensor | None:
+        """The operand in ``slot`` if the graph or a ``record()`` holds it, else ``None`` (a rule may
+        then derive it, e.g. a frozen bias as ``z - W x``)."""
+        return self.store.operand(self.node, slot)
 
     def has_input(self, slot: int) -> bool:
         """Whether the slot's operand is in the graph (``False`` for ``(None, 0)`` edges)."""

@@ -21,6 +21,8 @@ from .errors import (
     InputError,
     MissingRuleError,
     MissingRuleWarning,
+    MissingValue,
+    MissingValueError,
     NoGraphError,
     RuleError,
     TargetError,
@@ -31,11 +33,20 @@ from .graph import Edge, Graph, Node, node_type
 from .presets import Preset, resolve
 from .record import Recording, find_recording
 from .rules import REGISTRY
-from .rules.common import total
+from .rules.common import reduce_to_shape, total
 from .values import ValueStore
 
 LINEAR_TYPES = frozenset({"AddmmBackward0", "MmBackward0", "BmmBackward0", "ConvolutionBackward0"})
 FALLBACK = "fallback:gradient"
+
+
+def _gradient(ctx: NodeContext, relevance) -> RuleResult:
+    """The node's own VJP applied to the relevance (the named fallback), summed back over broadcast
+    dims as autograd's engine does after calling a node."""
+    metas = ctx.node._input_metadata
+    grads = ctx.vjp(*(r if r is None or r.dtype == m.dtype else r.to(m.dtype) for r, m in zip(relevance, metas)))
+    return RuleResult(tuple(reduce_to_shape(g, ctx.input_shape(slot)) if g is not None and ctx.has_input(slot)
+                            else g for slot, g in enumerate(grads)))
 
 
 def _check_output(output: Any) -> None:
@@ -107,6 +118,7 @@ class _Sweep:
         self.preset = preset
         self.strict = strict  # read by rules that run an inner sweep (dynlrp.rules.decompose)
         self.fallbacks: dict[str, int] = {}
+        self.missing: dict[tuple, MissingValue] = {}  # values no node holds (MissingValueError after the sweep)
         self.constant_nodes: set[Node] = set()  # booked as "constant", not "parameter" (dynlrp.rules.decompose)
         self.paths = module_paths or {}
         if recording is False:
@@ -213,6 +225,7 @@ class _Sweep:
         fallbacks = self.fallbacks
         absorbed_total: dict[str, torch.Tensor] = {}
         root_edge = (output.grad_fn, output.output_nr)
+        self.store.know(root_edge, output)  # the explained output's value is at hand
         if root_edge in self.cut_inputs:
             input_relevance[id(self.cut_inputs[root_edge])] = start
         else:
@@ -227,7 +240,14 @@ class _Sweep:
             path = self.paths.get(node, "")
             ctx = NodeContext(node, self.store, self.preset.settings_for(name, path or None, node in self.first),
                               self.analysis, sweep=self)
-            result = self._apply(info, ctx, relevance, path, fallbacks)
+            try:
+                result = self._apply(info, ctx, relevance, path, fallbacks)
+            except MissingValueError as err:
+                self._note_missing(err, name, path)
+                try:  # only to find the rest: the sweep raises the listing below
+                    result = _gradient(ctx, relevance)
+                except Exception:  # cannot go on: list what was found so far
+                    raise MissingValueError.listing(list(self.missing.values())) from err
             in_total = sum(total(r) for r in relevance if r is not None)
             flow = sum(total(r.abs()) for r in relevance if r is not None)
             out_total = torch.zeros((), dtype=torch.float64)
@@ -264,12 +284,22 @@ class _Sweep:
                 absorbed_total[cause] = absorbed_total.get(cause, 0.0) + value
             rows.append((name, info.name if info else FALLBACK, path, in_total, flow, out_total, absorbed,
                          info is None))
+        if self.missing:
+            raise MissingValueError.listing(list(self.missing.values()))
         return self._finish(start, rows, input_relevance, tokens, fallbacks, absorbed_total)
+
+    def _note_missing(self, err: MissingValueError, needed_by: str, path: str) -> None:
+        """Book a value the graph lacks; the sweep goes on (gradient pass-through) to list them all."""
+        found = err.missing or [MissingValue(node_type(err.node) if err.node is not None else needed_by,
+                                             err.what or "a forward value", self.paths.get(err.node, path),
+                                             needed_by, str(err))]
+        for item in found:
+            self.missing.setdefault((id(err.node), item.node_type, item.what, item.module), item)
 
     def _apply(self, info, ctx: NodeContext, relevance, path: str, fallbacks: dict[str, int]) -> RuleResult:
         if info is None:
             fallbacks[ctx.type] = fallbacks.get(ctx.type, 0) + 1
-            return RuleResult(ctx.vjp(*relevance))
+            return _gradient(ctx, relevance)
         try:
             return info.fn(ctx, relevance)
         except DynLRPError:

@@ -1,6 +1,10 @@
 """Named errors: every failure of the engine says what went wrong, where, and what to do."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 
 class DynLRPError(Exception):
     """Base class of every error raised by dynlrp."""
@@ -26,8 +30,43 @@ class InplaceModifiedError(DynLRPError):
     """A tensor saved for backward was modified in place after it was saved."""
 
 
+@dataclass(frozen=True)
+class MissingValue:
+    """One forward value the graph does not hold: ``what`` (``"input 1"``, ``"output 0"``) of a node
+    of type ``node_type`` at module ``module`` (``""`` if unknown), needed by the rule of ``needed_by``."""
+
+    node_type: str
+    what: str
+    module: str
+    needed_by: str
+    reason: str
+
+    def line(self) -> str:
+        where = self.module or "<module unknown: dynlrp.audit(model, x) names it>"
+        return f"  {self.node_type} {self.what} at {where} (needed by the rule of {self.needed_by})"
+
+
 class MissingValueError(DynLRPError):
-    """A forward value that a rule needs is not held by the graph (a constant operand, a frozen bias)."""
+    """A forward value that a rule needs is not held by the graph (a constant operand, a frozen bias).
+
+    ``missing`` lists every such value of the explanation (:class:`MissingValue`); ``node`` and
+    ``what`` name the first one where it was found.
+    """
+
+    def __init__(self, message: str, *, node: Any = None, what: str = "", missing: Sequence[MissingValue] = ()):
+        super().__init__(message)
+        self.node = node
+        self.what = what
+        self.missing = list(missing)
+
+    @classmethod
+    def listing(cls, missing: Sequence[MissingValue]) -> MissingValueError:
+        lines = "\n".join(m.line() for m in missing)
+        first = missing[0].reason
+        return cls(f"the autograd graph does not hold {len(missing)} forward value(s) that the rules need, so"
+                   f" this explanation cannot be computed exactly post hoc:\n{lines}\nfirst: {first}\nfix: run the"
+                   " forward inside `with dynlrp.record():` (it keeps exactly these values) and explain its output;"
+                   " never substituted: no zero or other operand stands in for them", missing=missing)
 
 
 class RuleError(DynLRPError):

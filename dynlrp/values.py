@@ -84,6 +84,10 @@ class ValueStore:
         self.stats.delta += self.depth[(child, nr)]
         return value
 
+    def know(self, edge: Edge, value: torch.Tensor) -> None:
+        """Enter a value that is at hand without the graph (the explained output itself)."""
+        self.memo[edge], self.depth[edge] = value.detach(), 0
+
     def output_value(self, node: Node, nr: int = 0) -> torch.Tensor:
         """The forward value of ``node``'s output ``nr``."""
         return self.resolve((node, nr))
@@ -119,15 +123,22 @@ class ValueStore:
                 continue
             node = top[0]
             replay = self.registry.replays.get(node_type(node))
-            if replay is None:
+            call = self.recording.call(node) if self.recording is not None else None
+            if replay is None and call is None:
                 raise MissingValueError(
                     f"the forward output of {node_type(node)} is needed by a rule, but no node saved it"
                     f" and {node_type(node)} has no forward replay; run the forward inside"
-                    " dynlrp.record(), or register a replay for it with dynlrp.rules.replay(...)"
-                )
-            ctx = NodeContext(node, self, replaying=True)
+                    " dynlrp.record(), or register a replay for it with dynlrp.rules.replay(...)",
+                    node=node, what=f"output {top[1]}")
             try:
-                outputs = replay(ctx)
+                try:
+                    if replay is None:
+                        raise MissingValueError("no replay")
+                    outputs = replay(NodeContext(node, self, replaying=True))
+                except MissingValueError:
+                    if call is None:
+                        raise
+                    outputs = call.replay(lambda slot, node=node: self.lookup_input(node, slot))
             except NeedValue as need:
                 stack.append(need.edge)
                 continue
@@ -173,12 +184,30 @@ class ValueStore:
         return value.detach() if isinstance(value, torch.Tensor) else None
 
     def _constant(self, node: Node, slot: int) -> torch.Tensor:
+        if self.recording is not None:
+            value = self.recording.operand(node, slot)
+            if value is not None:
+                return value
+            why = self.recording.unmapped(node)
+            if why is not None:
+                raise MissingValueError(
+                    f"{node_type(node)} input slot {slot} is an operand outside the autograd graph; record() saw"
+                    f" the call but could not map its arguments to the node's inputs ({why})",
+                    node=node, what=f"input {slot}")
         raise MissingValueError(
             f"{node_type(node)} input slot {slot} is an operand outside the autograd graph (a frozen"
-            " parameter, buffer or constant tensor) and the node did not save it; rules that can derive"
-            " it from the node's output do so, which needs the output kept: run the forward inside"
-            " `with dynlrp.record():`"
-        )
+            " parameter, buffer, mask or constant tensor) and the node did not save it; rules that can derive"
+            " it from the node's output do so, which needs the output kept somewhere: run the forward inside"
+            " `with dynlrp.record():`", node=node, what=f"input {slot}")
+
+    def operand(self, node: Node, slot: int) -> torch.Tensor | None:
+        """The value on ``slot`` if the graph or the recording holds it (no replay), else ``None``."""
+        if self.graph.edges[node][slot][0] is not None:
+            return self.input_value(node, slot)
+        own = self._own_saved_input(node, slot)
+        if own is not None:
+            return own
+        return self.recording.operand(node, slot) if self.recording is not None else None
 
     def finish(self) -> PromiseStats:
         return self.stats

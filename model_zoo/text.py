@@ -234,6 +234,17 @@ def mixtral_8x7b(size, attn):
                     num_local_experts=4)
 
 
+@register_model(name="bloom_560m", family="bloom", modality="text",
+                tags=("decoder", "transformer", "transformers", "alibi"))
+def bloom_560m(size, attn):
+    """BLOOM-560m (bigscience/bloom-560m): ALiBi position bias added inside ``baddbmm`` (a constant
+    operand the graph does not keep), embedding LayerNorm, tied head; one attention path (eager)."""
+    full = dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16, layer_norm_epsilon=1e-5,
+                bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    tiny = dict(vocab_size=TINY_VOCAB, hidden_size=32, n_layer=2, n_head=4, **TINY_SPECIAL)
+    return _text("BloomForCausalLM", "BloomConfig", full, tiny, size, attn, no_cache=True)
+
+
 @register_model(name="phi3_mini_4k", family="phi3", modality="text", tags=("decoder", "transformer", "transformers"),
                 attn=HF_ATTN)
 def phi3_mini_4k(size, attn):

@@ -9,7 +9,6 @@ JavaScript (tables sort when it is on), and escape every name they print (jinja2
 from __future__ import annotations
 
 import base64
-import difflib
 import io
 import re
 from collections.abc import Iterable, Mapping
@@ -18,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from dynlrp.rules import REGISTRY
+from dynlrp.scaffold import nearest_rules, scaffold_command
 
 PAPER_TABLE4 = {  # the seed paper's promise statistics (zoo names): promises, internal nodes, delta, rho, nodes
     "roberta_large": (243, 48, 438, 0.166, 1465), "flan_t5_large": (798, 348, 980, 0.140, 5713),
@@ -28,13 +27,6 @@ PAPER_COVERAGE = "99.92% (31,440 / 31,465 nodes over 15 architectures)"
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                           autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
-
-
-def nearest_rules(node_type: str, n: int = 3) -> list[str]:
-    """Registered node types whose names are closest to ``node_type`` (a hint for a new rule)."""
-    stem = re.sub(r"Backward\d*$", "", node_type)
-    names = {re.sub(r"Backward\d*$", "", name): name for name in REGISTRY.rules}
-    return [names[m] for m in difflib.get_close_matches(stem, list(names), n=n, cutoff=0.5)]
 
 
 def page_name(result: Mapping[str, Any]) -> str:
@@ -103,6 +95,26 @@ def _op_table(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted(table.values(), key=lambda r: (r["covered"], -r["count"]))
 
 
+def missing_panels(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One panel per node type without a rule, over ``results``: node count, models, module paths,
+    the details of its first node (``audit.missing_details``) and the scaffold command."""
+    panels: dict[str, dict[str, Any]] = {}
+    for result in results:
+        audit = result.get("audit")
+        if not audit:
+            continue
+        details = audit.get("missing_details") or {}
+        for op, info in audit["missing"].items():
+            panel = panels.setdefault(op, {"op": op, "count": 0, "models": [], "modules": [], "detail": None})
+            panel["count"] += info["count"]
+            panel["models"].append(str(result["id"]))
+            panel["modules"] += [m for m in info["modules"] if m not in panel["modules"]]
+            panel["detail"] = panel["detail"] or details.get(op)
+    for panel in panels.values():
+        panel["command"] = panel["detail"]["command"] if panel["detail"] else scaffold_command(panel["op"])
+    return sorted(panels.values(), key=lambda p: (-p["count"], p["op"]))
+
+
 def render_report(results: list[Mapping[str, Any]], out_dir: str | Path,
                   regressions: list[str] | None = None) -> Path:
     """Write ``index.html`` and one page per model into ``out_dir``; returns the index path."""
@@ -112,7 +124,7 @@ def render_report(results: list[Mapping[str, Any]], out_dir: str | Path,
     summary = _summary(results)
     index = _ENV.get_template("index.html.j2").render(
         summary=summary, results=results, ops=_op_table(results), regressions=regressions or [],
-        page_name=page_name)
+        page_name=page_name, panels=missing_panels(results))
     (out / "index.html").write_text(index, encoding="utf-8")
     for result in results:
         picture = result.get("picture") or {}
@@ -121,11 +133,9 @@ def render_report(results: list[Mapping[str, Any]], out_dir: str | Path,
         peak = max((abs(v) for _, v in tokens), default=0.0) if tokens else 0.0
         curve = _curve_points(picture["values"]) if picture.get("kind") == "curve" else None
         audit = result.get("audit")
-        uncovered = [{"op": op, "count": info["count"], "modules": info["modules"], "hint": nearest_rules(op)}
-                     for op, info in (audit or {}).get("missing", {}).items()]
         paper = PAPER_TABLE4.get(result["name"])
         page = _ENV.get_template("model.html.j2").render(
-            r=result, audit=audit, uncovered=uncovered, image=image, tokens=tokens, peak=peak, curve=curve,
+            r=result, audit=audit, panels=missing_panels([result]), image=image, tokens=tokens, peak=peak, curve=curve,
             paper=paper, colour=_token_colour, ops=sorted((audit or {}).get("ops", {}).items()))
         (out / page_name(result)).write_text(page, encoding="utf-8")
     return out / "index.html"

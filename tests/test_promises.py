@@ -14,7 +14,7 @@ from dynlrp.values import ValueStore
 
 
 def _recorded(model, x):
-    with dynlrp.record() as rec:
+    with dynlrp.record(outputs=True) as rec:
         out = model(x)
     return out, rec
 
@@ -50,7 +50,7 @@ def test_activation_k_pass_through_nodes_away():
             h = h.permute(2, 0, 1).clone().permute(1, 2, 0)
         return h.reshape(4, 6).sum(1) * 2.0  # SumBackward1 saves no input: a promise
 
-    with dynlrp.record() as rec:
+    with dynlrp.record(outputs=True) as rec:
         recorded = forward(x)
     _check_all(recorded, rec)
     out = forward(x)

@@ -160,6 +160,15 @@ def _bmm_parameter(first: bool) -> Dense:
     return Dense(x, out, ref.jacobian(lambda t: torch.bmm(t, p.detach()), x), None, (4,))
 
 
+def _baddbmm(record: bool) -> Dense:
+    """``beta * c + alpha * x @ P`` batched; ``c`` a constant outside the graph (ALiBi) or a parameter."""
+    x, p = leaf(2, 3, 4), nn.Parameter(torch.randn(2, 4, 5))
+    c = torch.randn(2, 1, 5) if record else nn.Parameter(torch.randn(2, 1, 5))
+    out = forward(lambda: torch.baddbmm(c, x, p, beta=0.5, alpha=2.0), record=record)
+    matrix = ref.jacobian(lambda t: 2.0 * torch.bmm(t, p.detach()), x)
+    return Dense(x, out, matrix, (0.5 * c.detach()).expand(out.shape), (4,))
+
+
 DENSE: dict[str, tuple[str, Callable[[], Dense]]] = {
     "linear2d_bias": ("AddmmBackward0", partial(_linear, True, (4,))),
     "linear2d_nobias": ("MmBackward0", partial(_linear, False, (4,))),
@@ -172,6 +181,8 @@ DENSE: dict[str, tuple[str, Callable[[], Dense]]] = {
     "mm_parameter_first": ("MmBackward0", _mm_parameter_first),
     "bmm_parameter": ("BmmBackward0", partial(_bmm_parameter, False)),
     "bmm_parameter_first": ("BmmBackward0", partial(_bmm_parameter, True)),
+    "baddbmm_constant_bias": ("BaddbmmBackward0", partial(_baddbmm, True)),
+    "baddbmm_parameter_bias": ("BaddbmmBackward0", partial(_baddbmm, False)),
 }
 
 
@@ -466,6 +477,21 @@ def test_uniform_addmm_with_bias():
     close(exp.relevance(a), ra)
     close(exp.relevance(b), rb)
     check_absorbed(row_of(exp, "AddmmBackward0"), absorbed)
+
+
+def test_uniform_baddbmm_with_a_constant_bias():
+    """Attention scores plus ALiBi: both factors data (uniform rule), the added term a constant that
+    only record() keeps."""
+    a, b = leaf(2, 3, 4), leaf(2, 4, 5)
+    c = torch.randn(2, 1, 5)
+    with dynlrp.record():
+        out = torch.baddbmm(c, a, b, beta=0.5, alpha=1.5)
+    r0 = torch.randn(out.shape)
+    exp = explain(out, r0, [a, b])
+    ra, rb, absorbed = ref.uniform(lambda p, q: 1.5 * torch.bmm(p, q), a, b, r0, EPS, bias=0.5 * c)
+    close(exp.relevance(a), ra)
+    close(exp.relevance(b), rb)
+    check_absorbed(row_of(exp, "BaddbmmBackward0"), absorbed)
 
 
 def test_uniform_product_of_one_input_with_itself():
@@ -1405,6 +1431,55 @@ def _mamba_inner_fused():
         want = reference.relevance(ref_data[name])
         assert (exp.relevance(t) - want).abs().max() <= 1e-6 * want.abs().max() + 1e-12, name
     return exp
+
+
+class GeLUFunction(torch.autograd.Function):
+    """The tanh GELU as a custom Function, as BLOOM (transformers) and Megatron-DeepSpeed write it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        t = torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x))
+        return g * (0.5 * x * ((1 - t * t) * (0.79788456 + 0.1070322243 * x * x)) + 0.5 * (1 + t))
+
+
+@case("gelu_function_decomposed", "GeLUFunctionBackward")
+def _gelu_function():
+    """The opaque ``GeLUFunctionBackward`` node is explained through the registered plain-torch tanh
+    GELU (``dynlrp.rules.gelu_function``). Reference: the same formula written out in torch ops,
+    explained with the same starting relevance (the gate rule: ``R_x = x g(x) R / s(z)``, i.e. ``R``
+    up to the stabiliser)."""
+    lin = nn.Linear(4, 6)
+    x = leaf(3, 4)
+    out = GeLUFunction.apply(lin(x))
+    r0 = torch.randn(out.shape)
+    exp = explain(out, r0, [x])
+    x2 = x.detach().clone().requires_grad_(True)
+    plain = dynlrp.rules.gelu_function.tanh_gelu(lin(x2))
+    reference = explain(plain, r0, [x2])
+    assert "GeLUFunctionBackward" not in node_types(reference)
+    close(exp.relevance(x), reference.relevance(x2))
+    return exp
+
+
+def test_a_different_function_with_the_same_name_is_refused_by_name():
+    class GeLUFunction(torch.autograd.Function):  # the name is the point
+        @staticmethod
+        def forward(ctx, x):
+            return torch.relu(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    x = leaf(3, 4)
+    with pytest.raises(dynlrp.DecompositionMismatchError, match="GeLUFunctionBackward"):
+        explain(GeLUFunction.apply(x * 2.0), torch.randn(3, 4), [x])
 
 
 # norms and GLU ----------------------------------------------------------------------------------------

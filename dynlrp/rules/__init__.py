@@ -3,6 +3,7 @@ from . import (  # noqa: F401
     activation,
     attention,
     elementwise,
+    gelu_function,
     indexing,
     linear,
     mamba_inner,

@@ -349,7 +349,7 @@ def _explain_node(spec: Decomposition, ctx: NodeContext, relevance) -> RuleResul
     values = _values(spec, ctx)
     copies = _copies(spec, values)
     recording = Recording()
-    with torch.enable_grad(), _Recorder(recording):
+    with torch.enable_grad(), _Recorder(recording, outputs=True):
         outs = _call(spec, ctx, copies)
     shapes = ctx.output_shapes
     for k in wanted:

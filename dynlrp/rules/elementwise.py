@@ -17,8 +17,9 @@ saved_values("MulBackward0", "DivBackward0", inputs={0: "_saved_self", 1: "_save
 
 
 def _operands(ctx: NodeContext, coefficients: tuple[float, ...]):
-    """Operand values; a single operand outside the graph is recovered as ``(z - rest) / c``."""
-    values = [ctx.input(slot) if ctx.has_input(slot) else None for slot in range(ctx.num_inputs)]
+    """Operand values; a single operand that neither the graph nor a recording holds is recovered
+    as ``(z - rest) / c``."""
+    values = [ctx.operand(slot) for slot in range(ctx.num_inputs)]
     missing = [slot for slot, value in enumerate(values) if value is None]
     if len(missing) == 1:
         rest = sum(c * v for c, v in zip(coefficients, values) if v is not None)

@@ -352,13 +352,8 @@ def weight_norm(ctx: NodeContext, relevance):
 # forward replays
 
 
-def _unknown_fill(ctx: NodeContext):
-    raise MissingValueError(
-        f"{ctx.type} filled elements with a Python scalar that autograd does not save, so its output"
-        " cannot be recomputed; run the forward inside `with dynlrp.record():`")
-
-
-replay("ScatterBackward1", "IndexFillBackward0")(_unknown_fill)
+# ScatterBackward1 / IndexFillBackward0 fill with a Python scalar autograd does not save: no replay;
+# dynlrp.record() keeps the call (with its scalar) instead.
 
 
 @replay("GatherBackward0")
@@ -530,7 +525,7 @@ def _as_strided_forward(ctx: NodeContext):
     return (_linear_forward(ctx, [ctx.input(0)]),)
 
 
-@replay("CopySlices")
+@replay("CopySlices", partial=True)
 def _copy_slices_forward(ctx: NodeContext):
     kind, name = _wrapped_kind(ctx)
     values = _inputs_or_none(ctx)

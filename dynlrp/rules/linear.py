@@ -233,13 +233,15 @@ def uniform_product(a: torch.Tensor, b: torch.Tensor, z: torch.Tensor, relevance
 # rules
 
 saved_values("AddmmBackward0", inputs={1: "_saved_mat1", 2: "_saved_mat2"})
+saved_values("BaddbmmBackward0", inputs={1: "_saved_batch1", 2: "_saved_batch2"})
 saved_values("MmBackward0", "BmmBackward0", inputs={0: "_saved_self", 1: "_saved_mat2"})
 saved_values("ConvolutionBackward0", inputs={0: "_saved_input", 1: "_saved_weight"})
 
 
 def _bias(ctx: NodeContext, slot: int, without_bias: torch.Tensor) -> torch.Tensor:
     """The bias operand; one outside the graph (frozen) is recovered as ``z - f(x, W)``."""
-    return ctx.input(slot) if ctx.has_input(slot) else ctx.output() - without_bias
+    bias = ctx.operand(slot)
+    return ctx.output() - without_bias if bias is None else bias
 
 
 def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot: int,
@@ -250,7 +252,8 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
     product = a @ b if alpha == 1 else alpha * (a @ b)
     bias = None
     if bias_slot is not None:
-        bias = beta * ctx.input(bias_slot) if ctx.has_input(bias_slot) else ctx.output() - product
+        bias = ctx.operand(bias_slot)
+        bias = ctx.output() - product if bias is None else beta * bias
     out: list[torch.Tensor | None] = [None] * ctx.num_inputs
     a_data, b_data = ctx.is_data(a_slot), ctx.is_data(b_slot)
     if a_data and b_data and ctx.constant_factor(a_slot, b_slot):
@@ -281,6 +284,15 @@ def addmm(ctx: NodeContext, relevance):
     """``z = beta * b + alpha * x @ W``: the preset's linear rule (epsilon, gamma, z+, ...) with ``x``
     the operand that depends on the input. Absorbs the bias share ``sum b_j R_j / s_j``, the
     stabiliser share, and any rule term (module docstring). Both operands data: uniform rule."""
+    return _product_rule(ctx, relevance[0], 1, 2, 0, (ctx.saved("alpha"), ctx.saved("beta")))
+
+
+@rule("BaddbmmBackward0")
+def baddbmm(ctx: NodeContext, relevance):
+    """``z = beta * c + alpha * A @ B`` batched (e.g. attention scores plus ALiBi's bias ``c``): as
+    addmm, the preset's linear rule when one of ``A``, ``B`` is a parameter or constant, the uniform
+    rule when both depend on the input. The share ``beta c_j R_j / s_j`` of the added term is
+    absorbed (``bias``, or ``constant``/``parameter`` by its origin), with the stabiliser share."""
     return _product_rule(ctx, relevance[0], 1, 2, 0, (ctx.saved("alpha"), ctx.saved("beta")))
 
 
@@ -323,6 +335,11 @@ def convolution(ctx: NodeContext, relevance):
 @replay("AddmmBackward0")
 def _addmm_forward(ctx: NodeContext):
     return (torch.addmm(ctx.input(0), ctx.input(1), ctx.input(2), beta=ctx.saved("beta"), alpha=ctx.saved("alpha")),)
+
+
+@replay("BaddbmmBackward0")
+def _baddbmm_forward(ctx: NodeContext):
+    return (torch.baddbmm(ctx.input(0), ctx.input(1), ctx.input(2), beta=ctx.saved("beta"), alpha=ctx.saved("alpha")),)
 
 
 @replay("MmBackward0", "BmmBackward0")

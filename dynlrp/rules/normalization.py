@@ -29,11 +29,12 @@ def _affine(ctx: NodeContext):
     shape = (1, -1) + (1,) * (x.dim() - 2)
     a = (inv_std * (weight if weight is not None else 1.0)).to(x.dtype).view(shape)
     mean = mean.to(x.dtype).view(shape)
-    if ctx.has_input(2):
-        c = ctx.input(2).view(shape) - mean * a
+    bias = ctx.operand(2)
+    if bias is not None:
+        c = bias.view(shape) - mean * a
     elif weight is None:  # affine=False: no bias either
         c = -mean * a
-    else:  # a bias outside the graph (frozen): recovered from the output, elementwise
+    else:  # a frozen bias nothing holds: recovered from the output, elementwise
         c = ctx.output() - a * x
     return x, a, c
 
@@ -111,11 +112,12 @@ def _group_norm_parts(ctx: NodeContext):
     rstd_x = (rstd.expand(n, groups, grouped.shape[-1])).reshape(x.shape)
     scale = rstd_x * (weight.view(shape) if weight is not None else 1.0)
     centered = (grouped - mean).reshape(x.shape)
-    if ctx.has_input(2):
-        bias = ctx.input(2).view(shape)
+    bias = ctx.operand(2)
+    if bias is not None:
+        bias = bias.view(shape)
     elif weight is None:
         bias = torch.zeros((), dtype=x.dtype, device=x.device)
-    else:  # a bias outside the graph (frozen): recovered from the output
+    else:  # a frozen bias nothing holds: recovered from the output
         bias = ctx.output() - centered * scale
     return x, (n, groups), scale, centered, bias
 

@@ -39,6 +39,7 @@ class Registry:
         self.replays: dict[str, Callable] = {}
         self.saved: dict[str, SavedMap] = {}
         self.sources: set[str] = set()
+        self.partial_replays: set[str] = set()
 
     def rule(self, *node_types: str, source: bool = False) -> Callable[[Callable], Callable]:
         """Decorator: register ``fn(ctx, relevance) -> RuleResult`` for ``node_types``.
@@ -61,12 +62,18 @@ class Registry:
 
         return decorate
 
-    def replay(self, *node_types: str) -> Callable[[Callable], Callable]:
-        """Decorator: register ``fn(ctx) -> tuple[Tensor, ...]`` recomputing a node's outputs."""
+    def replay(self, *node_types: str, partial: bool = False) -> Callable[[Callable], Callable]:
+        """Decorator: register ``fn(ctx) -> tuple[Tensor, ...]`` recomputing a node's outputs.
+
+        ``partial=True``: the replay covers only some forms of the node and raises
+        ``MissingValueError`` for the others; ``dynlrp.record()`` then keeps the node's call.
+        """
 
         def decorate(fn: Callable) -> Callable:
             for name in node_types:
                 self.replays[name] = fn
+                if partial:
+                    self.partial_replays.add(name)
             return fn
 
         return decorate

@@ -1,0 +1,163 @@
+"""``python -m dynlrp rules-doc [--check]``: ``docs/rules.md``, the rules reference, from the registry.
+
+Every node type with its rule; every rule with its node types, its docstring (the formula and what
+it absorbs) and the presets that change it. What a rule reads from the preset is found in its source
+(``ctx.settings.linear`` / ``.epsilon`` / ``.attention``, ``ctx.constant_factor``, the whole preset
+for decompositions), following calls into functions of ``dynlrp.rules``; which presets change that is
+read from :mod:`dynlrp.presets` (each preset against ``epsilon``).
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+from . import presets
+from .rules import REGISTRY
+from .rules.linear import LinearRule
+from .rules.registry import Registry
+
+DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "rules.md"
+REGENERATE = "python -m dynlrp rules-doc"
+SETTINGS = ("linear", "epsilon", "attention")
+READS = {"preset": "the whole preset", "linear": "linear rule", "attention": "attention", "epsilon": "epsilon"}
+
+
+def preset_fields(fn: Callable) -> set[str]:
+    """What ``fn`` reads from the preset: ``linear``, ``epsilon``, ``attention`` or ``preset`` (all of it)."""
+    found: set[str] = set()
+    seen: set[Callable] = set()
+    todo = [fn]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(f)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                owner = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", None)
+                if owner == "settings" and node.attr in SETTINGS:
+                    found.add(node.attr)
+                elif node.attr == "constant_factor":
+                    found.add("attention")
+                elif node.attr == "preset":
+                    found.add("preset")
+            elif isinstance(node, ast.Name):
+                target = f.__globals__.get(node.id)
+                if inspect.isfunction(target) and target.__module__.startswith("dynlrp.rules"):
+                    todo.append(target)
+    return found
+
+
+def _kind(rule: LinearRule) -> str:
+    params = {"gamma": f"({rule.gamma:g})", "alpha_beta": f"({rule.alpha:g}, {rule.beta:g})",
+              "zbox": f"({rule.low}, {rule.high})"}
+    return rule.kind + params.get(rule.kind, "")
+
+
+def node_effects(node_type: str, fields: set[str]) -> list[str]:
+    """The presets (and settings) that change the rule of ``node_type``, given what it reads."""
+    base = presets.get("epsilon")
+    effects = []
+    if "preset" in fields:
+        effects.append("every preset: its rules apply inside the decomposition")
+    if "linear" in fields:
+        for name in presets.NAMES:
+            preset = presets.get(name)
+            changed = []
+            for first, label in ((False, ""), (True, "first layer: ")):
+                rule = preset.settings_for(node_type, None, first).linear
+                if rule != base.settings_for(node_type, None, first).linear:
+                    changed.append(label + _kind(rule))
+            if changed and not (len(changed) == 2 and changed[1] == "first layer: " + changed[0]):
+                effects.append(f"`{name}`: {'; '.join(changed)}")
+            elif changed:
+                effects.append(f"`{name}`: {changed[0]}")
+        effects.append("per-op and per-module overrides (`Preset.override`)")
+    if "attention" in fields:
+        effects += [f"`{name}`: attention={presets.get(name).attention!r}" for name in presets.NAMES
+                    if presets.get(name).attention != base.attention]
+    if "epsilon" in fields:
+        effects.append("`epsilon=` of any preset (`presets.get(name, epsilon=...)`): the stabiliser")
+    return effects
+
+
+def _family_doc(family: str) -> str:
+    module = sys.modules.get(f"dynlrp.rules.{family}")
+    doc = inspect.getdoc(module) if module else ""
+    return (doc or "").split("\n\n")[0].replace("\n", " ")
+
+
+def _presets_table() -> list[str]:
+    rows = ["| preset | dense layers | convolutions | first layer | attention |", "|---|---|---|---|---|"]
+    for name in presets.NAMES:
+        p = presets.get(name)
+        first = _kind(p.first) if p.first else "(its role's rule)"
+        rows.append(f"| `{name}` | {_kind(p.dense)} | {_kind(p.conv)} | {first} | {p.attention} |")
+    return rows
+
+
+def render(registry: Registry = REGISTRY) -> str:
+    """The rules reference as Markdown (deterministic: sorted, no addresses or timings)."""
+    rules = registry.list_rules()
+    fields = {t: preset_fields(info.fn) for t, info in registry.rules.items()}
+    families = sorted({info.family for info in rules})
+    lines = [
+        "# Rules reference", "",
+        f"<!-- generated by `{REGENERATE}` from the rule registry: do not edit by hand;"
+        f" `{REGENERATE} --check` fails when this file is out of date -->", "",
+        f"{len(registry.rules)} node types, {len(rules)} rules in {len(families)} families"
+        " (`dynlrp/rules/<family>.py`). A node type without a rule uses the named gradient fallback"
+        " (`strict=True` raises `MissingRuleError` instead); `python -m dynlrp new-rule <NodeType>` scaffolds"
+        " one (CONTRIBUTING.md). Conventions: `s(z) = z + eps * sign(z)` with `sign(0) = +1`; parameters never"
+        " receive relevance; what a rule does not pass on is booked as absorbed, by cause.", "",
+        "## Presets", "", *_presets_table(), "",
+        "## Node types", "", "| node type | rule | reads from the preset |", "|---|---|---|",
+    ]
+    for t in sorted(registry.rules):
+        info = registry.rules[t]
+        reads = ", ".join(label for key, label in READS.items() if key in fields[t]) or "nothing"
+        lines.append(f"| `{t}` | `{info.family}.{info.name}` | {reads} |")
+    for family in families:
+        lines += ["", f"## {family}", ""]
+        if _family_doc(family):
+            lines += [_family_doc(family), ""]
+        for info in (r for r in rules if r.family == family):
+            changes = list(dict.fromkeys(e for t in info.node_types for e in node_effects(t, fields[t])))
+            lines += [f"### `{info.family}.{info.name}`", "",
+                      "Node types: " + ", ".join(f"`{t}`" for t in sorted(info.node_types)), "", info.doc, ""]
+            lines += ["Presets that change it:", "", *(f"- {c}" for c in changes)] if changes else \
+                ["Presets that change it: none (the same in every preset)."]
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write(path: str | Path = DOC_PATH) -> Path:
+    """Write the reference to ``path`` (default ``docs/rules.md``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(), encoding="utf-8")
+    return path
+
+
+def check(path: str | Path = DOC_PATH) -> str | None:
+    """``None`` if ``path`` equals the live registry's reference, else what differs and how to fix it."""
+    path = Path(path)
+    want = render()
+    have = path.read_text(encoding="utf-8") if path.exists() else ""
+    if have == want:
+        return None
+    diff = list(difflib.unified_diff(have.splitlines(), want.splitlines(), str(path), "registry", lineterm="", n=1))
+    shown = "\n".join(diff[:40]) + (f"\n... ({len(diff) - 40} more diff lines)" if len(diff) > 40 else "")
+    return f"{path} is out of date with the rule registry; regenerate it with `{REGENERATE}`\n{shown}"
+
+
+__all__ = ["DOC_PATH", "check", "node_effects", "preset_fields", "render", "write"]
