@@ -23,6 +23,7 @@ from .errors import (
 )
 from .explanation import Conservation, Explanation, NodeRecord, TokenRelevance
 from .graph import Graph
+from .plan import PlanCache
 from .presets import Preset
 from .record import Recording, record
 from .rules import LinearRule, list_rules
@@ -32,7 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AuditReport", "Conservation", "DecompositionMismatchError", "DynLRPError", "Explanation", "Graph",
     "GraphFreedError", "InplaceModifiedError", "InputError", "LinearRule", "MissingRuleError", "MissingRuleWarning",
-    "MissingValueError", "NoGraphError", "NodeRecord", "OpStats", "Preset", "Recording", "RuleError", "TargetError",
+    "MissingValueError", "NoGraphError", "NodeRecord", "OpStats", "PlanCache", "Preset", "Recording", "RuleError",
+    "TargetError",
     "TokenRelevance", "TrainModeWarning", "audit", "explain", "list_rules", "presets", "record", "rules",
     "seed_relevance",
 ]

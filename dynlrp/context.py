@@ -89,6 +89,11 @@ class NodeContext:
                 " `with dynlrp.record():`", node=self.node, what=f"output {nr}")
         return self.store.output_value(self.node, nr)
 
+    def held_output(self, nr: int = 0) -> torch.Tensor | None:
+        """The node's output ``nr`` if it is at hand without recomputing it (saved by a node,
+        recorded, or already resolved), else ``None``."""
+        return self.store.held((self.node, nr))
+
     def operand(self, slot: int) -> torch.Tensor | None:
         """The operand in ``slot`` if the graph or a ``record()`` holds it, else ``None`` (a rule may
         then derive it, e.g. a frozen bias as ``z - W x``)."""

@@ -30,6 +30,7 @@ from .errors import (
 )
 from .explanation import Conservation, Explanation, NodeRecord, TokenRelevance
 from .graph import Edge, Graph, Node, node_type
+from .plan import Plan, PlanCache, structure_key
 from .presets import Preset, resolve
 from .record import Recording, find_recording
 from .rules import REGISTRY
@@ -38,6 +39,36 @@ from .values import ValueStore
 
 LINEAR_TYPES = frozenset({"AddmmBackward0", "MmBackward0", "BmmBackward0", "ConvolutionBackward0"})
 FALLBACK = "fallback:gradient"
+
+
+class _Ledger:
+    """The scalars of the conservation ledger: kept as 0-dim float64 tensors (or floats) while the
+    sweep runs and read in one batch at the end (one stack, one device sync), then summed per node
+    in Python floats (float64)."""
+
+    def __init__(self) -> None:
+        self._entries: list[Any] = []
+
+    def add(self, value: Any) -> int:
+        self._entries.append(value)
+        return len(self._entries) - 1
+
+    def sums(self, r: torch.Tensor) -> tuple[int, int]:
+        """Entries for ``sum r`` and ``sum |r|`` (one cast to float64)."""
+        d = r.detach().to(torch.float64)
+        return self.add(d.sum()), self.add(torch.linalg.vector_norm(d, 1))
+
+    def values(self) -> list[float]:
+        out = [0.0 if isinstance(v, torch.Tensor) else float(v) for v in self._entries]
+        by_device: dict[torch.device, list[int]] = {}
+        for i, v in enumerate(self._entries):
+            if isinstance(v, torch.Tensor):
+                by_device.setdefault(v.device, []).append(i)
+        for entries in by_device.values():  # one read per device
+            read = torch.stack([self._entries[i].detach().to(torch.float64).reshape(()) for i in entries]).tolist()
+            for i, v in zip(entries, read):
+                out[i] = v
+        return out
 
 
 def _gradient(ctx: NodeContext, relevance) -> RuleResult:
@@ -113,7 +144,8 @@ class _Sweep:
     """State of one explanation (kept out of the autograd nodes)."""
 
     def __init__(self, output: torch.Tensor, inputs: Sequence[torch.Tensor] | None, preset: Preset,
-                 module_paths: Mapping[Node, str] | None, recording: Recording | bool | None, strict: bool = False):
+                 module_paths: Mapping[Node, str] | None, recording: Recording | bool | None, strict: bool = False,
+                 plans: PlanCache | None = None):
         self.graph = Graph.build(output.grad_fn)
         self.preset = preset
         self.strict = strict  # read by rules that run an inner sweep (dynlrp.rules.decompose)
@@ -126,7 +158,6 @@ class _Sweep:
         elif recording is None or recording is True:
             recording = find_recording(self.graph)
         self.recording = recording
-        self.store = ValueStore(self.graph, REGISTRY, self.recording)
         self.leaf_inputs: dict[Node, torch.Tensor] = {}
         self.cut_inputs: dict[Edge, torch.Tensor] = {}
         self._find_inputs(inputs)
@@ -134,9 +165,34 @@ class _Sweep:
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise InputError(f"input {i} (shape {tuple(tensor.shape)}) is not finite (NaN or Inf): the forward"
                                  " values and any relevance would be meaningless; clean the input first")
-        self.data = self._data_flags()
-        self.first = self._first_layers()
+        self.index = {node: i for i, node in enumerate(self.graph.order)}
+        self.plan = self._plan(plans) if plans is not None else None
+        if self.plan is None or not self.plan.uses:
+            self.data = self._data_flags()
+            self.first = self._first_layers()
+            if self.plan is not None:
+                order = self.graph.order
+                self.plan.data = [self.data[n] for n in order]
+                self.plan.near = [self.near[n] for n in order]
+                self.plan.first = [n in self.first for n in order]
+        else:  # a plan of this structure: read its answers by position
+            order = self.graph.order
+            self.data, self.near = dict(zip(order, self.plan.data)), dict(zip(order, self.plan.near))
+            self.first = {n for n, f in zip(order, self.plan.first) if f}
+        self.store = ValueStore(self.graph, REGISTRY, self.recording, self.plan, self.index)
         self.analysis = Analysis(self.graph, self.edge_is_data)
+
+    def _plan(self, plans: PlanCache) -> Plan:
+        """This structure's plan from ``plans`` (a new, empty one the first time)."""
+        index = self.index
+        inputs = (tuple(sorted(index[n] for n in self.leaf_inputs)),
+                  tuple(sorted((index[e[0]], e[1]) for e in self.cut_inputs)))
+        key = structure_key(self.graph, index, inputs, self.preset, self.paths)
+        plan = plans.get(key)
+        if plan is None:
+            plan = Plan([], [], [])
+            plans.put(key, plan)
+        return plan
 
     # -- setup -----------------------------------------------------------------------------
     def _find_inputs(self, inputs: Sequence[torch.Tensor] | None) -> None:
@@ -218,12 +274,13 @@ class _Sweep:
     # -- the sweep ----------------------------------------------------------------------------
     def run(self, start: torch.Tensor, output: torch.Tensor) -> Explanation:
         graph = self.graph
+        ledger = _Ledger()
         pending: dict[Node, list[torch.Tensor | None]] = {}
+        sums: dict[Edge, tuple[int, int]] = {}  # ledger entries (sum R, sum |R|) of a slot with one contribution
         input_relevance: dict[int, torch.Tensor] = {}
         tokens: list[TokenRelevance] = []
         rows: list[tuple] = []
         fallbacks = self.fallbacks
-        absorbed_total: dict[str, torch.Tensor] = {}
         root_edge = (output.grad_fn, output.output_nr)
         self.store.know(root_edge, output)  # the explained output's value is at hand
         if root_edge in self.cut_inputs:
@@ -238,8 +295,7 @@ class _Sweep:
             name = node_type(node)
             info = REGISTRY.rules.get(name)
             path = self.paths.get(node, "")
-            ctx = NodeContext(node, self.store, self.preset.settings_for(name, path or None, node in self.first),
-                              self.analysis, sweep=self)
+            ctx = NodeContext(node, self.store, self._settings(node, name, path), self.analysis, sweep=self)
             try:
                 result = self._apply(info, ctx, relevance, path, fallbacks)
             except MissingValueError as err:
@@ -248,10 +304,13 @@ class _Sweep:
                     result = _gradient(ctx, relevance)
                 except Exception:  # cannot go on: list what was found so far
                     raise MissingValueError.listing(list(self.missing.values())) from err
-            in_total = sum(total(r) for r in relevance if r is not None)
-            flow = sum(total(r.abs()) for r in relevance if r is not None)
-            out_total = torch.zeros((), dtype=torch.float64)
-            absorbed = {cause: torch.as_tensor(v, dtype=torch.float64) for cause, v in result.absorbed.items()}
+            ins, flow, outs = [], [], []
+            for nr, r in enumerate(relevance):
+                if r is not None:
+                    s, a = sums.pop((node, nr), None) or ledger.sums(r)  # one contribution: already summed
+                    ins.append(s)
+                    flow.append(a)
+            absorbed = {cause: [ledger.add(v)] for cause, v in result.absorbed.items()}
             for slot, r in enumerate(result.inputs):
                 if r is None:
                     continue
@@ -259,34 +318,46 @@ class _Sweep:
                 child, nr = edge
                 if child is None or not self.edge_is_data(edge):
                     cause = "constant" if child is None or child in self.constant_nodes else "parameter"
-                    absorbed[cause] = absorbed.get(cause, 0.0) + total(r)
+                    absorbed.setdefault(cause, []).append(ledger.add(total(r)))
                     continue
                 expected = tuple(child._input_metadata[nr].shape)
                 if tuple(r.shape) != expected:
                     raise RuleError(f"rule {info.name if info else FALLBACK} returned relevance of shape"
                                     f" {tuple(r.shape)} for slot {slot} of {name}, expected {expected}")
-                out_total = out_total + total(r)
-                flow = flow + total(r.abs())
+                part = ledger.sums(r)
+                outs.append(part[0])
+                flow.append(part[1])
                 if edge in self.cut_inputs:
                     key = id(self.cut_inputs[edge])
                     input_relevance[key] = input_relevance[key] + r if key in input_relevance else r
                     continue
                 slots = pending.setdefault(child, [None] * len(child._input_metadata))
-                slots[nr] = r if slots[nr] is None else slots[nr] + r
+                if slots[nr] is None:
+                    slots[nr], sums[edge] = r, part
+                else:
+                    slots[nr] = slots[nr] + r
+                    sums.pop(edge, None)
             if result.sources is not None:
-                out_total = out_total + total(result.sources)
-                flow = flow + total(result.sources.abs())
+                part = ledger.sums(result.sources)
+                outs.append(part[0])
+                flow.append(part[1])
                 if node in self.leaf_inputs:
                     input_relevance[id(self.leaf_inputs[node])] = result.sources
                 else:
                     tokens.append(TokenRelevance(path, ctx.saved("indices"), result.sources))
-            for cause, value in absorbed.items():
-                absorbed_total[cause] = absorbed_total.get(cause, 0.0) + value
-            rows.append((name, info.name if info else FALLBACK, path, in_total, flow, out_total, absorbed,
-                         info is None))
+            rows.append((name, info.name if info else FALLBACK, path, ins, flow, outs, absorbed, info is None))
         if self.missing:
             raise MissingValueError.listing(list(self.missing.values()))
-        return self._finish(start, rows, input_relevance, tokens, fallbacks, absorbed_total)
+        return self._finish(ledger, start, rows, input_relevance, tokens, fallbacks)
+
+    def _settings(self, node: Node, name: str, path: str):
+        if self.plan is None:
+            return self.preset.settings_for(name, path or None, node in self.first)
+        i = self.index[node]
+        found = self.plan.settings.get(i)
+        if found is None:
+            found = self.plan.settings[i] = self.preset.settings_for(name, path or None, node in self.first)
+        return found
 
     def _note_missing(self, err: MissingValueError, needed_by: str, path: str) -> None:
         """Book a value the graph lacks; the sweep goes on (gradient pass-through) to list them all."""
@@ -308,24 +379,23 @@ class _Sweep:
             raise RuleError(f"rule {info.name} failed on {ctx.type} at {path or '<unknown module>'}: "
                             f"{type(err).__name__}: {err}") from err
 
-    def _finish(self, start, rows, input_relevance, tokens, fallbacks, absorbed_total) -> Explanation:
-        scalars = [start.detach().to(torch.float64).sum()]
-        for _, _, _, rin, rabs, rout, absorbed, _ in rows:
-            scalars += [rin, rabs, rout, *absorbed.values()]
-        inputs_sum = sum((total(r) for r in input_relevance.values()), torch.zeros((), dtype=torch.float64))
-        inputs_sum = inputs_sum + sum((total(t.relevance) for t in tokens), torch.zeros((), dtype=torch.float64))
-        causes = sorted(absorbed_total)
-        scalars += [inputs_sum] + [absorbed_total[c] for c in causes]
-        values = iter(torch.stack([torch.as_tensor(s, dtype=torch.float64) for s in scalars]).tolist())
-        out_value = next(values)
+    def _finish(self, ledger: _Ledger, start, rows, input_relevance, tokens, fallbacks) -> Explanation:
+        out_entry = ledger.add(start.detach().to(torch.float64).sum())
+        input_entries = [ledger.add(total(r)) for r in input_relevance.values()]
+        input_entries += [ledger.add(total(t.relevance)) for t in tokens]
+        values = ledger.values()
         records = []
-        for name, rule_name, path, _, _, _, absorbed, fallback in rows:
-            rin, rabs, rout = next(values), next(values), next(values)
-            ab = {cause: next(values) for cause in absorbed}
+        absorbed_values: dict[str, float] = {}
+        for name, rule_name, path, ins, flow, outs, absorbed, fallback in rows:
+            rin, rabs, rout = (sum(values[i] for i in entries) for entries in (ins, flow, outs))
+            ab = {cause: sum(values[i] for i in entries) for cause, entries in absorbed.items()}
+            for cause, value in ab.items():
+                absorbed_values[cause] = absorbed_values.get(cause, 0.0) + value
             err = abs(rin - rout - sum(ab.values())) / max(abs(rin), 1e-300) if (rin or rout or ab) else 0.0
             records.append(NodeRecord(name, rule_name, path, rin, rout, ab, err, fallback, rabs))
-        inputs_value = next(values)
-        absorbed_values = {c: next(values) for c in causes}
+        out_value = values[out_entry]
+        inputs_value = sum(values[i] for i in input_entries)
+        absorbed_values = {c: absorbed_values[c] for c in sorted(absorbed_values)}
         unexplained = abs(out_value - inputs_value - sum(absorbed_values.values())) / max(abs(out_value), 1e-300)
         explained = [(t, input_relevance[id(t)] if id(t) in input_relevance else torch.zeros_like(t))
                      for t in list(self.leaf_inputs.values()) + list(self.cut_inputs.values())]
@@ -341,7 +411,7 @@ class _Sweep:
 def explain(output: torch.Tensor, target: Any = None, *, rules: str | Preset = "epsilon",
             inputs: Sequence[torch.Tensor] | None = None, seed: str = "value", strict: bool = False,
             module_paths: Mapping[Node, str] | None = None,
-            recording: Recording | bool | None = None) -> Explanation:
+            recording: Recording | bool | None = None, plans: PlanCache | None = None) -> Explanation:
     """Explain ``output`` with LRP over its autograd graph; the model is not touched.
 
     ``target``: see :func:`seed_relevance` (None = argmax, int, one int per row, or a relevance
@@ -351,11 +421,12 @@ def explain(output: torch.Tensor, target: Any = None, *, rules: str | Preset = "
     :class:`MissingRuleError` for node types without a rule instead of the named gradient fallback.
     ``module_paths``: node -> module path (filled in by :func:`dynlrp.audit`). ``recording``: the
     values of a ``dynlrp.record()`` block (``None``: found automatically; ``False``: post hoc only).
+    ``plans``: a :class:`dynlrp.PlanCache`; graphs of a structure seen before reuse its promise plan.
     """
     _check_output(output)
     preset = resolve(rules)
     start = seed_relevance(output, target, seed)
-    sweep = _Sweep(output, inputs, preset, module_paths, recording, strict)
+    sweep = _Sweep(output, inputs, preset, module_paths, recording, strict, plans)
     if not torch.isfinite(output.detach()).all():
         raise NoGraphError("the output contains NaN or Inf; LRP needs finite forward values (check the model's"
                            " inputs, dtype overflow, or -inf masks reaching the output)")

@@ -20,6 +20,7 @@ from .graph import Edge, Graph, Node, node_type
 from .saved import read_saved
 
 if TYPE_CHECKING:
+    from .plan import Plan
     from .record import Recording
     from .rules.registry import Registry
 
@@ -57,10 +58,13 @@ class PromiseStats:
 class ValueStore:
     """Forward values of a graph's edges, resolved on demand."""
 
-    def __init__(self, graph: Graph, registry: Registry, recording: Recording | None = None):
+    def __init__(self, graph: Graph, registry: Registry, recording: Recording | None = None,
+                 plan: Plan | None = None, index: dict[Node, int] | None = None):
         self.graph = graph
         self.registry = registry
         self.recording = recording
+        self.plan = plan  # where each value was found last time (dynlrp.plan), by node position
+        self.index = index
         self.memo: dict[Edge, torch.Tensor] = {}
         self.depth: dict[Edge, int] = {}
         self.stats = PromiseStats(total_nodes=len(graph))
@@ -88,6 +92,15 @@ class ValueStore:
         """Enter a value that is at hand without the graph (the explained output itself)."""
         self.memo[edge], self.depth[edge] = value.detach(), 0
 
+    def held(self, edge: Edge) -> torch.Tensor | None:
+        """The value of ``edge`` if it can be read without replaying anything, else ``None``."""
+        if edge not in self.memo:
+            direct = self._direct(edge)
+            if direct is None:
+                return None
+            self.memo[edge], self.depth[edge] = direct, 0
+        return self.memo[edge]
+
     def output_value(self, node: Node, nr: int = 0) -> torch.Tensor:
         """The forward value of ``node``'s output ``nr``."""
         return self.resolve((node, nr))
@@ -108,52 +121,73 @@ class ValueStore:
     def resolve(self, edge: Edge) -> torch.Tensor:
         if edge in self.memo:
             return self.memo[edge]
-        from .context import NodeContext
-
+        key = None if self.plan is None else (self.index[edge[0]], edge[1])
+        chain = None if key is None else self.plan.chains.get(key)
+        if chain is not None:  # the steps that resolved this value last time, bottom-up: no search
+            order = self.graph.order
+            for pos, nr in chain:
+                step = (order[pos], nr)
+                if step not in self.memo and self._step(step) is not None:
+                    break  # this graph differs after all: resolve the usual way below
+            if edge in self.memo:
+                return self.memo[edge]
+        done: list[Edge] = []
         stack = [edge]
         while stack:
             top = stack[-1]
             if top in self.memo:
                 stack.pop()
                 continue
-            direct = self._direct(top)
-            if direct is not None:
-                self.memo[top], self.depth[top] = direct, 0
-                stack.pop()
-                continue
-            node = top[0]
-            replay = self.registry.replays.get(node_type(node))
-            call = self.recording.call(node) if self.recording is not None else None
-            if replay is None and call is None:
-                raise MissingValueError(
-                    f"the forward output of {node_type(node)} is needed by a rule, but no node saved it"
-                    f" and {node_type(node)} has no forward replay; run the forward inside"
-                    " dynlrp.record(), or register a replay for it with dynlrp.rules.replay(...)",
-                    node=node, what=f"output {top[1]}")
-            try:
-                try:
-                    if replay is None:
-                        raise MissingValueError("no replay")
-                    outputs = replay(NodeContext(node, self, replaying=True))
-                except MissingValueError:
-                    if call is None:
-                        raise
-                    outputs = call.replay(lambda slot, node=node: self.lookup_input(node, slot))
-            except NeedValue as need:
-                stack.append(need.edge)
+            need = self._step(top)
+            if need is not None:
+                stack.append(need)
                 continue
             stack.pop()
-            inner = [self.depth.get(e, 0) for e in self.graph.edges[node] if e[0] is not None and e in self.depth]
-            depth = 1 + max(inner, default=0)
-            for nr, value in enumerate(outputs):
-                if value is not None:
-                    self.memo[(node, nr)], self.depth[(node, nr)] = value.detach(), depth
-            if node not in self._replayed:
-                self._replayed.add(node)
-                self.stats.internal_nodes += 1
-            if top not in self.memo:
-                raise MissingValueError(f"the replay of {node_type(node)} did not produce output {top[1]}")
+            done.append(top)
+        if key is not None:
+            self.plan.chains[key] = [(self.index[node], nr) for node, nr in done]
         return self.memo[edge]
+
+    def _step(self, top: Edge) -> Edge | None:
+        """Resolve ``top`` from what is known now: a direct read or one replay; returns the edge it
+        still needs (a :class:`NeedValue`) instead, or ``None`` when ``top`` is resolved."""
+        from .context import NodeContext
+
+        direct = self._direct(top)
+        if direct is not None:
+            self.memo[top], self.depth[top] = direct, 0
+            return None
+        node = top[0]
+        replay = self.registry.replays.get(node_type(node))
+        call = self.recording.call(node) if self.recording is not None else None
+        if replay is None and call is None:
+            raise MissingValueError(
+                f"the forward output of {node_type(node)} is needed by a rule, but no node saved it"
+                f" and {node_type(node)} has no forward replay; run the forward inside"
+                " dynlrp.record(), or register a replay for it with dynlrp.rules.replay(...)",
+                node=node, what=f"output {top[1]}")
+        try:
+            try:
+                if replay is None:
+                    raise MissingValueError("no replay")
+                outputs = replay(NodeContext(node, self, replaying=True))
+            except MissingValueError:
+                if call is None:
+                    raise
+                outputs = call.replay(lambda slot, node=node: self.lookup_input(node, slot))
+        except NeedValue as need:
+            return need.edge
+        inner = [self.depth.get(e, 0) for e in self.graph.edges[node] if e[0] is not None and e in self.depth]
+        depth = 1 + max(inner, default=0)
+        for nr, value in enumerate(outputs):
+            if value is not None:
+                self.memo[(node, nr)], self.depth[(node, nr)] = value.detach(), depth
+        if node not in self._replayed:
+            self._replayed.add(node)
+            self.stats.internal_nodes += 1
+        if top not in self.memo:
+            raise MissingValueError(f"the replay of {node_type(node)} did not produce output {top[1]}")
+        return None
 
     def _direct(self, edge: Edge) -> torch.Tensor | None:
         """A value readable without computation: leaf variable, recording, saved result or input."""
@@ -164,17 +198,38 @@ class ValueStore:
             recorded = self.recording.output(node, nr)
             if recorded is not None:
                 return recorded
+        if self.plan is None:
+            return self._search(node, nr)[0]
+        key = (self.index[node], nr)
+        source = self.plan.sources.get(key)
+        if source is not None:
+            if source[0] == "none":
+                return None
+            value = self._read(source, node)
+            if value is not None:
+                return value
+        value, self.plan.sources[key] = self._search(node, nr)
+        return value
+
+    def _search(self, node: Node, nr: int) -> tuple[torch.Tensor | None, tuple]:
+        """The saved result of the producer, else a consumer's saved input; with its source."""
         saved = self.registry.saved.get(node_type(node))
         if saved is not None and nr in saved.outputs:
             value = read_saved(node, saved.outputs[nr])
             if isinstance(value, torch.Tensor):
-                return value.detach()
+                return value.detach(), ("saved", saved.outputs[nr])
         for consumer, slot, out_nr in self.graph.consumers.get(node, ()):
             if out_nr == nr:
                 value = self._own_saved_input(consumer, slot)
                 if value is not None:
-                    return value
-        return None
+                    return value, ("consumer", None if self.index is None else self.index[consumer], slot)
+        return None, ("none",)
+
+    def _read(self, source: tuple, node: Node) -> torch.Tensor | None:
+        if source[0] == "saved":
+            value = read_saved(node, source[1])
+            return value.detach() if isinstance(value, torch.Tensor) else None
+        return self._own_saved_input(self.graph.order[source[1]], source[2])
 
     def _own_saved_input(self, node: Node, slot: int) -> torch.Tensor | None:
         saved = self.registry.saved.get(node_type(node))

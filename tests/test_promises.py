@@ -150,3 +150,25 @@ def test_residual_mlp_recovered_activations():
     x = torch.randn(4, 8, requires_grad=True)
     out, rec = _recorded(model, x)
     _check_all(out, rec, tol=1e-6)
+
+
+def test_plan_cache_reuses_the_structure_and_gives_the_same_explanation():
+    """A PlanCache keeps, per graph structure, where each value was found and how each promise was
+    resolved; the next input of the same structure reads and replays along it: same relevance,
+    same promise statistics, one plan per structure and preset."""
+    torch.manual_seed(0)
+    model = ResidualMLP().double()
+    cache = dynlrp.PlanCache(maxsize=2)
+    for step in range(3):
+        x = torch.randn(4 + step, 8, dtype=torch.float64, requires_grad=True)  # new shapes, same wiring
+        plain = dynlrp.explain(model(x), target=0, inputs=[x], recording=False)
+        planned = dynlrp.explain(model(x), target=0, inputs=[x], recording=False, plans=cache)
+        torch.testing.assert_close(planned.relevance(x), plain.relevance(x), rtol=0, atol=0)
+        assert planned.promises == plain.promises
+    assert (cache.hits, cache.misses, len(cache)) == (2, 1, 1)
+    plan = next(iter(cache._plans.values()))
+    assert plan.chains and plan.sources and plan.settings
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    dynlrp.explain(model(x), target=0, inputs=[x], rules="zplus", plans=cache)  # another preset: its own plan
+    dynlrp.explain(torch.tanh(model(x)), target=0, inputs=[x], plans=cache)  # another structure
+    assert len(cache) == 2 and cache.misses == 3  # maxsize 2: the least recently used was dropped

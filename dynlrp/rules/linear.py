@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import stabilize, total
+from .common import broadcast_total, stabilize, total
 from .registry import replay, rule, saved_values
 
 # ----------------------------------------------------------------------------------------------
@@ -135,7 +135,8 @@ GROUPS = {"epsilon": _epsilon, "zplus": _zplus, "alpha_beta": _alpha_beta, "gamm
 
 @dataclass
 class BilinearOp:
-    """``z = forward(x, W) + b``; ``vjp(W, g)`` is the gradient w.r.t. ``x``; ``bias(b, z)`` the bias as z."""
+    """``z = forward(x, W) + b``; ``vjp(W, g)`` is the gradient w.r.t. ``x``; ``bias(b, z)`` the bias in a
+    shape that broadcasts against ``z``."""
 
     forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     vjp: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, W, g) -> grad x
@@ -144,10 +145,8 @@ class BilinearOp:
 
 def _matmul_op(data_first: bool) -> BilinearOp:
     if data_first:
-        return BilinearOp(lambda x, w: x @ w, lambda x, w, g: g @ w.transpose(-1, -2),
-                          lambda b, z: b.expand_as(z))
-    return BilinearOp(lambda x, w: w @ x, lambda x, w, g: w.transpose(-1, -2) @ g,
-                      lambda b, z: b.expand_as(z))
+        return BilinearOp(lambda x, w: x @ w, lambda x, w, g: g @ w.transpose(-1, -2), lambda b, z: b)
+    return BilinearOp(lambda x, w: w @ x, lambda x, w, g: w.transpose(-1, -2) @ g, lambda b, z: b)
 
 
 def _conv_op(ctx: NodeContext) -> BilinearOp:
@@ -162,7 +161,7 @@ def _conv_op(ctx: NodeContext) -> BilinearOp:
             g, x, w, None, stride, padding, dilation, transposed, out_pad, groups, [True, False, False])[0]
 
     def bias(b, z):  # a per-channel bias, or an output-shaped one recovered from z
-        return (b if b.dim() == z.dim() else b.view((1, -1) + (1,) * (z.dim() - 2))).expand_as(z)
+        return b if b.dim() == z.dim() else b.view((1, -1) + (1,) * (z.dim() - 2))
 
     return BilinearOp(forward, vjp, bias)
 
@@ -181,18 +180,24 @@ def _modified_input(kind: str, x: torch.Tensor, spec: LinearRule) -> torch.Tenso
 
 
 def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-               z: torch.Tensor, relevance: torch.Tensor, spec: LinearRule):
-    """The modified-z rule (module docstring) for one layer; returns ``(R_x, absorbed)``."""
-    r_x = torch.zeros_like(x)
-    absorbed = {"bias": 0.0, "stabiliser": 0.0, "rule": total(relevance)}
-    for group in GROUPS[spec.kind](spec):
+               z: torch.Tensor, relevance: torch.Tensor, spec: LinearRule, product: torch.Tensor | None = None):
+    """The modified-z rule (module docstring) for one layer; returns ``(R_x, absorbed)``.
+
+    ``product``: ``f(x, W)`` if already at hand (the unmodified term is then not recomputed)."""
+    r_x = None
+    groups = GROUPS[spec.kind](spec)
+    # rule = sum R - sum_g c_g sum R_g: groups that select all outputs contribute c_g sum R
+    whole = 1.0 - sum(g.coef for g in groups if g.select == "all")
+    absorbed = {"bias": 0.0, "stabiliser": 0.0, "rule": whole * total(relevance) if whole else 0.0}
+    for group in groups:
         if group.select == "all":
             r_g = relevance
         else:
             r_g = relevance * ((z > 0) if group.select == "pos" else (z < 0)).to(relevance.dtype)
         inputs = [_modified_input(term.x, x, spec) for term in group.terms]
         weights = [term.w(w) for term in group.terms]
-        big_z = sum(term.sign * op.forward(xk, wk) for term, xk, wk in zip(group.terms, inputs, weights))
+        big_z = sum(term.sign * (product if product is not None and term.x == "x" and term.w is _same
+                                 else op.forward(xk, wk)) for term, xk, wk in zip(group.terms, inputs, weights))
         big_b = None
         if b is not None:
             for term in group.terms:
@@ -204,11 +209,15 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         s = stabilize(big_z, spec.epsilon)
         c = r_g / s
         for term, xk, wk in zip(group.terms, inputs, weights):
-            r_x = r_x + (group.coef * term.sign) * xk * op.vjp(xk, wk, c)
+            part = xk * op.vjp(xk, wk, c)
+            factor = group.coef * term.sign
+            part = part if factor == 1.0 else factor * part
+            r_x = part if r_x is None else r_x + part
         if big_b is not None:
-            absorbed["bias"] = absorbed["bias"] + group.coef * total(big_b * c)
+            absorbed["bias"] = absorbed["bias"] + group.coef * broadcast_total(big_b, c)
         absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * total((s - big_z) * c)
-        absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
+        if group.select != "all":
+            absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
     return r_x, absorbed
 
 
@@ -238,22 +247,20 @@ saved_values("MmBackward0", "BmmBackward0", inputs={0: "_saved_self", 1: "_saved
 saved_values("ConvolutionBackward0", inputs={0: "_saved_input", 1: "_saved_weight"})
 
 
-def _bias(ctx: NodeContext, slot: int, without_bias: torch.Tensor) -> torch.Tensor:
-    """The bias operand; one outside the graph (frozen) is recovered as ``z - f(x, W)``."""
-    bias = ctx.operand(slot)
-    return ctx.output() - without_bias if bias is None else bias
-
-
 def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot: int,
                   bias_slot: int | None, scale: tuple[float, float] = (1.0, 1.0)) -> RuleResult:
     """Shared by mm / bmm / addmm: linear rule when one operand is a parameter, else uniform."""
     a, b = ctx.input(a_slot), ctx.input(b_slot)
     alpha, beta = scale
-    product = a @ b if alpha == 1 else alpha * (a @ b)
-    bias = None
-    if bias_slot is not None:
-        bias = ctx.operand(bias_slot)
-        bias = ctx.output() - product if bias is None else beta * bias
+    bias = None if bias_slot is None else ctx.operand(bias_slot)
+    bias = bias if bias is None else beta * bias
+    held = ctx.held_output()  # the output, if a node kept it: then the product costs no matmul
+    if held is not None and (bias_slot is None or bias is not None):
+        product = held if bias is None else held - bias
+    else:
+        product = a @ b if alpha == 1 else alpha * (a @ b)
+        if bias_slot is not None and bias is None:
+            bias = ctx.output() - product
     out: list[torch.Tensor | None] = [None] * ctx.num_inputs
     a_data, b_data = ctx.is_data(a_slot), ctx.is_data(b_slot)
     if a_data and b_data and ctx.constant_factor(a_slot, b_slot):
@@ -274,7 +281,7 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
         w = alpha * w
     op = _matmul_op(data_first)
     z = product if bias is None else product + bias
-    r_x, absorbed = modified_z(op, x, w, bias, z, relevance, ctx.settings.linear)
+    r_x, absorbed = modified_z(op, x, w, bias, z, relevance, ctx.settings.linear, product)
     out[a_slot if data_first else b_slot] = r_x
     return RuleResult(tuple(out), absorbed)
 
@@ -319,12 +326,16 @@ def convolution(ctx: NodeContext, relevance):
     ``sum b_c R / s``, the stabiliser share and any rule term (module docstring)."""
     x, w = ctx.input(0), ctx.input(1)
     op = _conv_op(ctx)
-    z = op.forward(x, w)
-    bias = None
-    if _has_bias(ctx):
-        bias = _bias(ctx, 2, z)
-        z = z + op.bias(bias, z)
-    r_x, absorbed = modified_z(op, x, w, bias, z, relevance[0], ctx.settings.linear)
+    bias = ctx.operand(2) if _has_bias(ctx) else None
+    held = ctx.held_output()  # the output, if a node kept it: then no convolution is recomputed
+    if held is not None and (bias is not None or not _has_bias(ctx)):
+        product = held if bias is None else held - op.bias(bias, held)
+    else:
+        product = op.forward(x, w)
+        if _has_bias(ctx) and bias is None:
+            bias = ctx.output() - product
+    z = product if bias is None else product + op.bias(bias, product)
+    r_x, absorbed = modified_z(op, x, w, bias, z, relevance[0], ctx.settings.linear, product)
     return RuleResult((r_x, None, None), absorbed)
 
 

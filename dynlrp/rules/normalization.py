@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import stabilize, total
+from .common import broadcast_total, stabilize, total
 from .registry import replay, rule, saved_values
 
 saved_values("NativeBatchNormBackward0", inputs={0: "_saved_input", 1: "_saved_weight"})
@@ -48,7 +48,7 @@ def batch_norm(ctx: NodeContext, relevance):
     y = a * x + c
     s = stabilize(y, ctx.settings.epsilon)
     q = r / s
-    return RuleResult((a * x * q, None, None), {"bias": total(c * q), "stabiliser": total((s - y) * q)})
+    return RuleResult((a * x * q, None, None), {"bias": broadcast_total(c, q), "stabiliser": total((s - y) * q)})
 
 
 @replay("NativeBatchNormBackward0")
