@@ -2,52 +2,30 @@
 
     python -m benchmarks.cnn_core [--batch 1] [--repeats 5] [--size 224]
 
-Times are medians over interleaved repeats in one process: forward only; forward + input-gradient
-backward; forward + ``dynlrp.explain`` (epsilon preset). Random weights with non-zero biases.
+Times are medians over interleaved repeats in one process (:func:`benchmarks.speed.measure`: the order
+rotated per round): forward only; forward + input-gradient backward; forward + ``dynlrp.explain``
+(epsilon preset), at the argmax class of each row. Random weights with non-zero biases
+(:func:`benchmarks.speed.build_case`); ``python -m benchmarks.speed`` has the comparisons with zennit,
+LXT and Captum and peak memory.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
-import torch
-import torchvision
 
 import dynlrp
 
+from .speed import build_case, measure
 
-def _randomise_biases(model: torch.nn.Module) -> torch.nn.Module:
-    for module in model.modules():
-        bias = getattr(module, "bias", None)
-        if isinstance(bias, torch.Tensor):
-            torch.nn.init.normal_(bias, std=0.01)
-    return model
+METHODS = {"forward": "forward", "fwd_bwd": "forward+backward", "dynlrp:epsilon": "forward+explain"}
 
 
-def measure(name: str, batch: int, repeats: int, size: int) -> None:
-    torch.manual_seed(0)
-    model = _randomise_biases(getattr(torchvision.models, name)().eval())
-    x = torch.randn(batch, 3, size, size)
-    targets = list(range(batch))
-    times: dict[str, list[float]] = {"forward": [], "forward+backward": [], "forward+explain": []}
-    exp = None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with torch.no_grad():
-            model(x)
-        times["forward"].append(time.perf_counter() - start)
-        xg = x.clone().requires_grad_(True)
-        start = time.perf_counter()
-        out = model(xg)
-        out.gather(1, torch.tensor(targets).view(-1, 1)).sum().backward()
-        times["forward+backward"].append(time.perf_counter() - start)
-        xg = x.clone().requires_grad_(True)
-        start = time.perf_counter()
-        exp = dynlrp.explain(model(xg), target=targets, inputs=[xg])
-        times["forward+explain"].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    report = dynlrp.audit(model, x[:1])
+def measure_model(name: str, batch: int, repeats: int, size: int) -> None:
+    case = build_case(name, batch=batch, image_size=size)
+    timings = measure(case, list(METHODS), repeats)
+    med = {label: timings[method].median for method, label in METHODS.items()}
+    x = case.leaf()
+    exp = dynlrp.explain(case.scores(x), target=case.target, inputs=[x])
+    report = dynlrp.audit(case.scores.model, case.x[:1])
     print(f"## {name} (batch {batch}, {size}x{size}, {repeats} repeats)")
     print(f"nodes {report.nodes} (without AccumulateGrad "
           f"{report.nodes - report.ops['AccumulateGrad'].count}), coverage {report.coverage}")
@@ -72,7 +50,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
     for name in args.models.split(","):
-        measure(name, args.batch, args.repeats, args.size)
+        measure_model(name, args.batch, args.repeats, args.size)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,9 @@ FALLBACK = "fallback:gradient"
 
 
 class _Ledger:
-    """The scalars of the conservation ledger: kept as 0-dim float64 tensors (or floats) while the
-    sweep runs and read in one batch at the end (one stack, one device sync), then summed per node
-    in Python floats (float64)."""
+    """The scalars of the conservation ledger: kept as 0-dim tensors (or floats) while the sweep
+    runs and read in one batch at the end (one stack, one device sync), then summed per node in
+    Python floats (float64)."""
 
     def __init__(self) -> None:
         self._entries: list[Any] = []
@@ -54,9 +54,11 @@ class _Ledger:
         return len(self._entries) - 1
 
     def sums(self, r: torch.Tensor) -> tuple[int, int]:
-        """Entries for ``sum r`` and ``sum |r|`` (one cast to float64)."""
-        d = r.detach().to(torch.float64)
-        return self.add(d.sum()), self.add(torch.linalg.vector_norm(d, 1))
+        """Entries for ``sum r`` (float64, :func:`total`) and ``sum |r|`` (the flow: a scale for
+        rounding errors, so in ``r``'s own precision)."""
+        return self.add(total(r)), self.add(torch.linalg.vector_norm(r.detach(), 1, dtype=torch.float32)
+                                            if r.dtype in (torch.float16, torch.bfloat16)
+                                            else torch.linalg.vector_norm(r.detach(), 1))
 
     def values(self) -> list[float]:
         out = [0.0 if isinstance(v, torch.Tensor) else float(v) for v in self._entries]
@@ -180,7 +182,8 @@ class _Sweep:
             self.data, self.near = dict(zip(order, self.plan.data)), dict(zip(order, self.plan.near))
             self.first = {n for n, f in zip(order, self.plan.first) if f}
         self.store = ValueStore(self.graph, REGISTRY, self.recording, self.plan, self.index)
-        self.analysis = Analysis(self.graph, self.edge_is_data)
+        cut, data = self.cut_inputs, self.data  # a closure over these, not a bound method: no reference cycle
+        self.analysis = Analysis(self.graph, lambda edge: edge[0] is not None and (edge in cut or data[edge[0]]))
 
     def _plan(self, plans: PlanCache) -> Plan:
         """This structure's plan from ``plans`` (a new, empty one the first time)."""

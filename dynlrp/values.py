@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from .rules.registry import Registry
 
 
+#: nodes whose output holds the input's elements in the same order, only in another shape
+RESHAPES = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"})
+
+
 class NeedValue(Exception):  # noqa: N818 - control flow, not an error
     """Raised inside a replay when an input value is not resolved yet (internal control flow)."""
 
@@ -205,7 +209,7 @@ class ValueStore:
         if source is not None:
             if source[0] == "none":
                 return None
-            value = self._read(source, node)
+            value = self._read(source, node, nr)
             if value is not None:
                 return value
         value, self.plan.sources[key] = self._search(node, nr)
@@ -218,18 +222,30 @@ class ValueStore:
             value = read_saved(node, saved.outputs[nr])
             if isinstance(value, torch.Tensor):
                 return value.detach(), ("saved", saved.outputs[nr])
-        for consumer, slot, out_nr in self.graph.consumers.get(node, ()):
-            if out_nr == nr:
-                value = self._own_saved_input(consumer, slot)
-                if value is not None:
-                    return value, ("consumer", None if self.index is None else self.index[consumer], slot)
+        consumers = [(c, slot) for c, slot, out_nr in self.graph.consumers.get(node, ()) if out_nr == nr]
+        for consumer, slot in consumers:
+            value = self._own_saved_input(consumer, slot)
+            if value is not None:
+                return value, ("consumer", self._position(consumer), slot)
+        for consumer, _ in consumers:  # through a reshape: the same elements in the same order
+            if node_type(consumer) in RESHAPES:
+                for after, slot, _ in self.graph.consumers.get(consumer, ()):
+                    value = self._own_saved_input(after, slot)
+                    if value is not None:
+                        return value.reshape(node._input_metadata[nr].shape), ("reshaped", self._position(after), slot)
         return None, ("none",)
 
-    def _read(self, source: tuple, node: Node) -> torch.Tensor | None:
+    def _position(self, node: Node) -> int | None:
+        return None if self.index is None else self.index[node]
+
+    def _read(self, source: tuple, node: Node, nr: int) -> torch.Tensor | None:
         if source[0] == "saved":
             value = read_saved(node, source[1])
             return value.detach() if isinstance(value, torch.Tensor) else None
-        return self._own_saved_input(self.graph.order[source[1]], source[2])
+        value = self._own_saved_input(self.graph.order[source[1]], source[2])
+        if value is not None and source[0] == "reshaped":
+            value = value.reshape(node._input_metadata[nr].shape)
+        return value
 
     def _own_saved_input(self, node: Node, slot: int) -> torch.Tensor | None:
         saved = self.registry.saved.get(node_type(node))

@@ -224,6 +224,29 @@ def test_dense_layer_large_epsilon(kind):
     check_dense("linear2d_nobias", kind, eps=0.5)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("frozen", [False, True])
+def test_dense_layer_with_relevance_in_few_rows(kind, frozen):
+    """Only rows with relevance are computed (a language model head explained at one position):
+    the result equals the float64 reference over all rows."""
+    torch.manual_seed(0)
+    x = leaf(6, 5)
+    lin = nn.Linear(5, 3)
+    if frozen:
+        lin.requires_grad_(False)
+    out = forward(lambda: lin(x), record=frozen)
+    r0 = torch.zeros(out.shape)
+    r0[4] = torch.randn(3)
+    low, high = bounds((5,))
+    exp = explain(out, r0, [x], rules=preset(kind, EPS, low, high))
+    matrix = ref.jacobian(lambda t: F.linear(t, lin.weight.detach()), x)
+    expected, absorbed = ref.linear(kind, matrix, lin.bias.detach().expand(out.shape), x.detach(), r0, eps=EPS,
+                                    gamma=GAMMA, alpha=ALPHA, beta=BETA, low=low.expand_as(x), high=high.expand_as(x))
+    close(exp.relevance(x), expected.view_as(x))
+    check_absorbed(row_of(exp, "AddmmBackward0"), absorbed)
+    assert exp.relevance(x)[[0, 1, 2, 3, 5]].abs().max() == 0
+
+
 def test_zbox_float_bounds():
     check_dense("linear2d_bias", "zbox", float_bounds=True)
     check_conv("conv2d", "zbox", float_bounds=True)

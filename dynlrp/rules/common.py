@@ -25,10 +25,11 @@ def reduce_to_shape(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> tor
 
 
 def total(t: torch.Tensor) -> torch.Tensor:
-    """Sum in float64 (ledger precision independent of the model's dtype).
+    """Sum in float64 (ledger precision independent of the model's dtype, so that a float32 part of
+    a float64 model, e.g. an upcast softmax, is checked to float64 precision too).
 
     Cast first, then sum: on CPU (torch 2.14) ``t.sum(dtype=torch.float64)`` of a float32 tensor
-    takes a slow path, about 40x slower than summing the float64 copy."""
+    takes a slow multi-threaded path, about 40x slower than summing the float64 copy."""
     return t.detach().to(torch.float64).sum()
 
 

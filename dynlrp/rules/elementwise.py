@@ -38,9 +38,12 @@ def _signed_sum(ctx: NodeContext, relevance, coefficients: tuple[float, ...]) ->
     s = stabilize(z, ctx.settings.epsilon)
     c = r / s
     finite = torch.isfinite(z)  # a mask added to a mask overflows to -inf: no shares there (inf * 0 = nan)
-    shares = tuple(reduce_to_shape(torch.where(finite, t * c, 0.0), ctx.output_shapes[0] if v is None else v.shape)
-                   for t, v in zip(terms, values))
-    return RuleResult(shares, {"stabiliser": total(torch.where(finite, (s - z) * c, 0.0))})
+    if bool(finite.all()):
+        finite = None
+    shares = tuple(reduce_to_shape(t * c if finite is None else torch.where(finite, t * c, 0.0),
+                                   ctx.output_shapes[0] if v is None else v.shape) for t, v in zip(terms, values))
+    lost = (s - z) * c
+    return RuleResult(shares, {"stabiliser": total(lost if finite is None else torch.where(finite, lost, 0.0))})
 
 
 @rule("AddBackward0", "SubBackward0")

@@ -247,26 +247,45 @@ saved_values("MmBackward0", "BmmBackward0", inputs={0: "_saved_self", 1: "_saved
 saved_values("ConvolutionBackward0", inputs={0: "_saved_input", 1: "_saved_weight"})
 
 
+def _live_rows(relevance: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the rows of a 2-D relevance that are not all zero, when they are at most half
+    of the rows (e.g. a language model's head explained at one position), else ``None``."""
+    if relevance.dim() != 2 or relevance.shape[0] < 2:
+        return None
+    live = relevance.ne(0).any(1)
+    return live.nonzero().squeeze(1) if int(live.sum()) <= relevance.shape[0] // 2 else None
+
+
 def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot: int,
                   bias_slot: int | None, scale: tuple[float, float] = (1.0, 1.0)) -> RuleResult:
-    """Shared by mm / bmm / addmm: linear rule when one operand is a parameter, else uniform."""
+    """Shared by mm / bmm / addmm: linear rule when one operand is a parameter, else uniform.
+
+    With a 2-D data operand ``x @ W``, rows of the output depend on the same rows of ``x`` only: rows
+    without relevance give none, so only the live rows are computed (same result, less work)."""
     a, b = ctx.input(a_slot), ctx.input(b_slot)
     alpha, beta = scale
-    bias = None if bias_slot is None else ctx.operand(bias_slot)
-    bias = bias if bias is None else beta * bias
-    held = ctx.held_output()  # the output, if a node kept it: then the product costs no matmul
-    if held is not None and (bias_slot is None or bias is not None):
-        product = held if bias is None else held - bias
-    else:
-        product = a @ b if alpha == 1 else alpha * (a @ b)
-        if bias_slot is not None and bias is None:
-            bias = ctx.output() - product
-    out: list[torch.Tensor | None] = [None] * ctx.num_inputs
     a_data, b_data = ctx.is_data(a_slot), ctx.is_data(b_slot)
     if a_data and b_data and ctx.constant_factor(a_slot, b_slot):
         a_data = False
     elif a_data and b_data and ctx.constant_factor(b_slot, a_slot):
         b_data = False
+    rows = _live_rows(relevance) if a_data and not b_data and a.dim() == 2 and b.dim() == 2 else None
+    count = a.shape[0]
+
+    def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t if rows is None or t is None or t.dim() != 2 or t.shape[0] != count else t[rows]
+
+    x_a, relevance = pick(a), pick(relevance)
+    bias = None if bias_slot is None else ctx.operand(bias_slot)
+    bias = bias if bias is None else pick(beta * bias)
+    held = pick(ctx.held_output())  # the output, if a node kept it: then the product costs no matmul
+    if held is not None and (bias_slot is None or bias is not None):
+        product = held if bias is None else held - bias
+    else:
+        product = x_a @ b if alpha == 1 else alpha * (x_a @ b)
+        if bias_slot is not None and bias is None:
+            bias = pick(ctx.output()) - product
+    out: list[torch.Tensor | None] = [None] * ctx.num_inputs
     if a_data and b_data:
         z = product if bias is None else product + bias
         r_a, r_b, absorbed = uniform_product(a, b, z, relevance, lambda p, q: alpha * (p @ q), ctx.settings.epsilon)
@@ -276,12 +295,14 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
         out[a_slot], out[b_slot] = r_a, r_b
         return RuleResult(tuple(out), absorbed)
     data_first = a_data
-    x, w = (a, b) if data_first else (b, a)
+    x, w = (x_a, b) if data_first else (b, a)
     if alpha != 1:  # no scaled copy of the weight in the usual case
         w = alpha * w
     op = _matmul_op(data_first)
     z = product if bias is None else product + bias
     r_x, absorbed = modified_z(op, x, w, bias, z, relevance, ctx.settings.linear, product)
+    if rows is not None:
+        r_x = torch.zeros_like(a).index_copy_(0, rows, r_x)
     out[a_slot if data_first else b_slot] = r_x
     return RuleResult(tuple(out), absorbed)
 
