@@ -94,6 +94,24 @@ class NodeContext:
         recorded, or already resolved), else ``None``."""
         return self.store.held((self.node, nr))
 
+    def output_on_support(self, relevance: torch.Tensor, nr: int = 0) -> torch.Tensor | None:
+        """A tensor equal to the output ``nr`` wherever ``relevance`` is non-zero, else ``None``.
+
+        The held output if there is one; otherwise a following ReLU's saved result ``max(z, 0)``
+        when ``relevance`` is zero wherever that result is (checked), i.e. where it may differ from
+        ``z``. For the modified-z rules that is enough: their terms carry the factor ``R / s(z)``,
+        which is zero off the support whatever ``z`` is."""
+        held = self.held_output(nr)
+        if held is not None:
+            return held
+        for consumer, _, out_nr in self.store.graph.consumers.get(self.node, ()):
+            if out_nr == nr and node_type(consumer) == "ReluBackward0":
+                result = read_saved(consumer, "_saved_result")
+                if (isinstance(result, torch.Tensor) and result.shape == relevance.shape
+                        and not bool((relevance.ne(0) & result.eq(0)).any())):
+                    return result.detach()
+        return None
+
     def operand(self, slot: int) -> torch.Tensor | None:
         """The operand in ``slot`` if the graph or a ``record()`` holds it, else ``None`` (a rule may
         then derive it, e.g. a frozen bias as ``z - W x``)."""

@@ -247,6 +247,26 @@ def test_dense_layer_with_relevance_in_few_rows(kind, frozen):
     assert exp.relevance(x)[[0, 1, 2, 3, 5]].abs().max() == 0
 
 
+@pytest.mark.parametrize("dense_relevance", [False, True])
+def test_conv_before_relu_reads_z_from_the_relu_only_where_that_is_exact(dense_relevance):
+    """A ReLU keeps ``max(z, 0)``, not ``z``. The conv rule may use it in place of ``z`` only when
+    the relevance is zero wherever the ReLU output is (its terms vanish there); with relevance on
+    the ReLU's zeros it must recompute ``z``. Both agree with the float64 reference."""
+    torch.manual_seed(0)
+    x = leaf(1, 2, 6, 6)
+    conv = nn.Conv2d(2, 3, 3)
+    out = torch.relu(conv(x))
+    r0 = torch.randn(out.shape)
+    if not dense_relevance:
+        r0 = r0 * (out.detach() > 0)
+    exp = explain(out, r0, [x])
+    matrix = ref.jacobian(lambda t: F.conv2d(t, conv.weight.detach()), x)
+    bias = conv.bias.detach().view(1, -1, 1, 1).expand(out.shape)
+    expected, absorbed = ref.linear("epsilon", matrix, bias, x.detach(), r0, eps=EPS)
+    close(exp.relevance(x), expected.view_as(x))
+    check_absorbed(row_of(exp, "ConvolutionBackward0"), absorbed)
+
+
 def test_zbox_float_bounds():
     check_dense("linear2d_bias", "zbox", float_bounds=True)
     check_conv("conv2d", "zbox", float_bounds=True)

@@ -275,11 +275,13 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
     def pick(t: torch.Tensor | None) -> torch.Tensor | None:
         return t if rows is None or t is None or t.dim() != 2 or t.shape[0] != count else t[rows]
 
+    relevance_full = relevance
     x_a, relevance = pick(a), pick(relevance)
     bias = None if bias_slot is None else ctx.operand(bias_slot)
     bias = bias if bias is None else pick(beta * bias)
-    held = pick(ctx.held_output())  # the output, if a node kept it: then the product costs no matmul
-    if held is not None and (bias_slot is None or bias is not None):
+    known_bias = bias_slot is None or bias is not None
+    held = pick(ctx.output_on_support(relevance_full)) if known_bias else None  # kept by a node: no matmul
+    if held is not None and known_bias:
         product = held if bias is None else held - bias
     else:
         product = x_a @ b if alpha == 1 else alpha * (x_a @ b)
@@ -348,8 +350,9 @@ def convolution(ctx: NodeContext, relevance):
     x, w = ctx.input(0), ctx.input(1)
     op = _conv_op(ctx)
     bias = ctx.operand(2) if _has_bias(ctx) else None
-    held = ctx.held_output()  # the output, if a node kept it: then no convolution is recomputed
-    if held is not None and (bias is not None or not _has_bias(ctx)):
+    known_bias = bias is not None or not _has_bias(ctx)
+    held = ctx.output_on_support(relevance[0]) if known_bias else None  # kept by a node: no convolution
+    if held is not None:
         product = held if bias is None else held - op.bias(bias, held)
     else:
         product = op.forward(x, w)
