@@ -283,3 +283,19 @@ def test_agrees_with_lxt_functions(case):
     # LXT stabilises with z + eps, dynlrp with z + eps * sign(z): equal once eps -> 0
     for mine, other in zip(theirs, [ours.relevance(t) for t in leaves]):
         torch.testing.assert_close(other, mine, rtol=1e-10, atol=1e-12)
+
+
+def test_sdpa_in_bfloat16_matches_float32_on_the_same_values():
+    """Half-precision attention is rebuilt in float32 (as the fused kernel computes it): on the same
+    (bfloat16-representable) values the relevance matches the float32 explanation to bf16 precision."""
+    torch.manual_seed(0)
+    base = [torch.randn(1, 2, 5, 4).bfloat16().float() for _ in range(3)]
+
+    def relevance(dtype):
+        qkv = [t.to(dtype).requires_grad_(True) for t in base]
+        out = torch.nn.functional.scaled_dot_product_attention(*qkv)
+        exp = dynlrp.explain(out, target=torch.ones(out.shape, dtype=dtype), inputs=qkv, rules="attnlrp")
+        return [exp.relevance(t).float() for t in qkv]
+
+    for low, full in zip(relevance(torch.bfloat16), relevance(torch.float32)):
+        assert (low - full).abs().max() <= 5e-3 * full.abs().max()

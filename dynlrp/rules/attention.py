@@ -88,10 +88,14 @@ def scaled_dot_product_attention(ctx: NodeContext, relevance):
     ``c = R / s(out)`` (with ``attention="cp"``: ``R_v = v (A^T c)``, ``A`` constant, and q, k get
     none). Softmax rule on ``R_A`` (``rule`` absorbed). Scores ``t = scale q k^T + mask``:
     ``R_q = 1/2 q (scale (R_t / s(t)) k)``, ``R_k = 1/2 k (scale (R_t / s(t))^T q)``; the mask's share
-    ``mask R_t / s(t)`` is absorbed as ``constant``. Stabiliser shares absorbed."""
+    ``mask R_t / s(t)`` is absorbed as ``constant``. Stabiliser shares absorbed. Half-precision
+    inputs are computed in float32 (the relevance returned in the inputs' dtype)."""
     if (_saved_or_none(ctx, "dropout_p") or 0.0) > 0.0:
         raise RuleError(f"{ctx.type} ran with attention dropout; explain the model in eval() mode")
     q, k, v = ctx.input(0), ctx.input(1), ctx.input(2)
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # rebuild attention in float32, as the kernel does
+        q, k, v = q.float(), k.float(), v.float()
     eps = ctx.settings.epsilon
     heads = q.shape[-3] if q.dim() >= 3 else 1
     kk, vv = (_repeat_heads(k, heads), _repeat_heads(v, heads)) if q.dim() >= 3 else (k, v)
@@ -102,21 +106,23 @@ def scaled_dot_product_attention(ctx: NodeContext, relevance):
         mask = _saved_or_none(ctx, "attn_bias")
     if mask is not None and mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, -math.inf)
+    elif mask is not None:
+        mask = mask.to(q.dtype)
     if _saved_or_none(ctx, "is_causal"):
         causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
         causal_mask = torch.zeros(causal.shape, dtype=q.dtype, device=q.device).masked_fill(~causal, -math.inf)
         mask = causal_mask if mask is None else mask + causal_mask
     logits = scores if mask is None else scores + mask
     weights = torch.softmax(logits, -1)
-    out = ctx.held_output()  # the node saved its output
+    out = ctx.held_output() if dtype == q.dtype else None  # the node saved its output
     out = weights @ vv if out is None else out
-    r = relevance[0]
+    r = relevance[0].to(q.dtype)
     s_out = stabilize(out, eps)
     c = r / s_out
     absorbed = {"stabiliser": total((s_out - out) * c)}
     if ctx.settings.attention == "cp":
         r_v = vv * (weights.transpose(-1, -2) @ c)
-        return RuleResult((None, None, _fold_heads(r_v, v)), absorbed)
+        return RuleResult((None, None, _fold_heads(r_v, v).to(dtype)), absorbed)
     r_v = 0.5 * vv * (weights.transpose(-1, -2) @ c)
     r_weights = 0.5 * weights * (c @ vv.transpose(-1, -2))
     r_logits, absorbed["rule"] = softmax_relevance(logits, weights, r_weights, -1)
@@ -128,4 +134,4 @@ def scaled_dot_product_attention(ctx: NodeContext, relevance):
         absorbed["constant"] = total(torch.where(finite, mask.expand_as(logits) * g, 0.0))
     r_q = 0.5 * q * (scale * (g @ kk))
     r_k = 0.5 * kk * (scale * (g.transpose(-1, -2) @ q))
-    return RuleResult((r_q, _fold_heads(r_k, k), _fold_heads(r_v, v)), absorbed)
+    return RuleResult((r_q.to(dtype), _fold_heads(r_k, k).to(dtype), _fold_heads(r_v, v).to(dtype)), absorbed)
