@@ -240,7 +240,10 @@ def test_audit_reports_both_paths():
     report = dynlrp.audit(model, input_ids=torch.randint(3, 100, (1, 6)), rules="attnlrp",
                           output=lambda r: r.logits[:, -1])
     assert not report.posthoc_exact and report.needs_record
-    assert report.record_values and all("self_attn" in line or "model" in line for line in report.record_values)
+    # one line per layer: the constant mask added to the scores, named with its attention module
+    assert len(report.record_values) == model.config.num_hidden_layers
+    assert all(line.startswith("AddBackward0 input 1 at model.layers.") and ".self_attn " in line
+               for line in report.record_values), report.record_values
     assert report.conservation["unexplained"] < 1e-10
     sdpa, _ = _zoo("llama_3_2_1b", "sdpa")
     report = dynlrp.audit(sdpa, input_ids=torch.randint(3, 100, (1, 6)), rules="attnlrp",
