@@ -194,8 +194,7 @@ def _op_stats(graph: Graph, paths: Mapping, exp: Explanation | None) -> dict[str
         for row in exp.nodes:
             errors.setdefault(row.node_type, []).append(row.error)
             stats = ops[row.node_type]
-            residual = abs(row.relevance_in - row.relevance_out - sum(row.absorbed.values()))
-            stats.max_flow_error = max(stats.max_flow_error, residual / max(row.flow, 1e-300) if residual else 0.0)
+            stats.max_flow_error = max(stats.max_flow_error, row.flow_error)
             for cause, value in row.absorbed.items():
                 stats.absorbed[cause] = stats.absorbed.get(cause, 0.0) + value
         for name, errs in errors.items():

@@ -38,6 +38,12 @@ def _signed(value: Any) -> Any:
     return value
 
 
+def _zero_where_zero(relevance: torch.Tensor, result: torch.Tensor) -> bool:
+    """Whether ``relevance`` is zero wherever the non-negative ``result`` (a ReLU's) is zero:
+    ``sum |R| (1 - sign(result)) == 0``, by arithmetic (comparison masks are slow on CPU)."""
+    return float(relevance.abs().mul_(result.sign().neg_().add_(1)).sum()) == 0.0
+
+
 class NodeContext:
     """A view of one node for rules and replays.
 
@@ -108,7 +114,7 @@ class NodeContext:
             if out_nr == nr and node_type(consumer) == "ReluBackward0":
                 result = read_saved(consumer, "_saved_result")
                 if (isinstance(result, torch.Tensor) and result.shape == relevance.shape
-                        and not bool((relevance.ne(0) & result.eq(0)).any())):
+                        and _zero_where_zero(relevance, result.detach())):
                     return result.detach()
         return None
 

@@ -34,7 +34,7 @@ from .plan import Plan, PlanCache, structure_key
 from .presets import Preset, resolve
 from .record import Recording, find_recording
 from .rules import REGISTRY
-from .rules.common import reduce_to_shape, total
+from .rules.common import abs_total, reduce_to_shape, total
 from .values import ValueStore
 
 LINEAR_TYPES = frozenset({"AddmmBackward0", "MmBackward0", "BmmBackward0", "ConvolutionBackward0"})
@@ -44,7 +44,7 @@ FALLBACK = "fallback:gradient"
 class _Ledger:
     """The scalars of the conservation ledger: kept as 0-dim tensors (or floats) while the sweep
     runs and read in one batch at the end (one stack, one device sync), then summed per node in
-    Python floats (float64)."""
+    Python floats (float64). Each scalar is a sum in its tensor's precision (:func:`total`)."""
 
     def __init__(self) -> None:
         self._entries: list[Any] = []
@@ -54,11 +54,8 @@ class _Ledger:
         return len(self._entries) - 1
 
     def sums(self, r: torch.Tensor) -> tuple[int, int]:
-        """Entries for ``sum r`` (float64, :func:`total`) and ``sum |r|`` (the flow: a scale for
-        rounding errors, so in ``r``'s own precision)."""
-        return self.add(total(r)), self.add(torch.linalg.vector_norm(r.detach(), 1, dtype=torch.float32)
-                                            if r.dtype in (torch.float16, torch.bfloat16)
-                                            else torch.linalg.vector_norm(r.detach(), 1))
+        """Entries for ``sum r`` and ``sum |r|`` (the flow: the scale of rounding errors)."""
+        return self.add(total(r)), self.add(abs_total(r))
 
     def values(self) -> list[float]:
         out = [0.0 if isinstance(v, torch.Tensor) else float(v) for v in self._entries]
@@ -71,6 +68,33 @@ class _Ledger:
             for i, v in zip(entries, read):
                 out[i] = v
         return out
+
+
+def _narrowest(*groups) -> str:
+    """The least precise floating dtype among the relevance tensors in ``groups`` (``""``: none)."""
+    found = {t.dtype for group in groups if group is not None
+             for t in ((group,) if isinstance(group, torch.Tensor) else group)
+             if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    return str(max(found, key=lambda d: torch.finfo(d).eps)).removeprefix("torch.") if found else ""
+
+
+def _dense_layout(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a permutation of a contiguous block (each element once, no gaps)."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _same_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same elements of one memory block (identity, reshape or
+    permutation of it, as pass-through and routing rules return): their sums are the same."""
+    if a is b:
+        return True
+    return (a.dtype == b.dtype and a.numel() == b.numel() and a.data_ptr() == b.data_ptr() and a.device == b.device
+            and _dense_layout(a) and _dense_layout(b))
 
 
 def _gradient(ctx: NodeContext, relevance) -> RuleResult:
@@ -308,11 +332,13 @@ class _Sweep:
                 except Exception:  # cannot go on: list what was found so far
                     raise MissingValueError.listing(list(self.missing.values())) from err
             ins, flow, outs = [], [], []
+            arrived = []  # (relevance, its ledger entries): an output with the same elements reuses them
             for nr, r in enumerate(relevance):
                 if r is not None:
                     s, a = sums.pop((node, nr), None) or ledger.sums(r)  # one contribution: already summed
                     ins.append(s)
                     flow.append(a)
+                    arrived.append((r, (s, a)))
             absorbed = {cause: [ledger.add(v)] for cause, v in result.absorbed.items()}
             for slot, r in enumerate(result.inputs):
                 if r is None:
@@ -327,7 +353,7 @@ class _Sweep:
                 if tuple(r.shape) != expected:
                     raise RuleError(f"rule {info.name if info else FALLBACK} returned relevance of shape"
                                     f" {tuple(r.shape)} for slot {slot} of {name}, expected {expected}")
-                part = ledger.sums(r)
+                part = next((p for t, p in arrived if _same_elements(r, t)), None) or ledger.sums(r)
                 outs.append(part[0])
                 flow.append(part[1])
                 if edge in self.cut_inputs:
@@ -348,7 +374,8 @@ class _Sweep:
                     input_relevance[id(self.leaf_inputs[node])] = result.sources
                 else:
                     tokens.append(TokenRelevance(path, ctx.saved("indices"), result.sources))
-            rows.append((name, info.name if info else FALLBACK, path, ins, flow, outs, absorbed, info is None))
+            rows.append((name, info.name if info else FALLBACK, path, ins, flow, outs, absorbed, info is None,
+                         _narrowest(relevance, result.inputs, result.sources)))
         if self.missing:
             raise MissingValueError.listing(list(self.missing.values()))
         return self._finish(ledger, start, rows, input_relevance, tokens, fallbacks)
@@ -389,13 +416,13 @@ class _Sweep:
         values = ledger.values()
         records = []
         absorbed_values: dict[str, float] = {}
-        for name, rule_name, path, ins, flow, outs, absorbed, fallback in rows:
+        for name, rule_name, path, ins, flow, outs, absorbed, fallback, dtype in rows:
             rin, rabs, rout = (sum(values[i] for i in entries) for entries in (ins, flow, outs))
             ab = {cause: sum(values[i] for i in entries) for cause, entries in absorbed.items()}
             for cause, value in ab.items():
                 absorbed_values[cause] = absorbed_values.get(cause, 0.0) + value
             err = abs(rin - rout - sum(ab.values())) / max(abs(rin), 1e-300) if (rin or rout or ab) else 0.0
-            records.append(NodeRecord(name, rule_name, path, rin, rout, ab, err, fallback, rabs))
+            records.append(NodeRecord(name, rule_name, path, rin, rout, ab, err, fallback, rabs, dtype))
         out_value = values[out_entry]
         inputs_value = sum(values[i] for i in input_entries)
         absorbed_values = {c: absorbed_values[c] for c in sorted(absorbed_values)}

@@ -36,6 +36,15 @@ class NodeRecord:
     error: float
     fallback: bool = False
     flow: float = 0.0  # sum |R| in + sum |R| passed on: the scale of rounding error in low precision
+    dtype: str = ""  # the least precise dtype of the node's relevance ("float32", ...): its ledger precision
+
+    @property
+    def flow_error(self) -> float:
+        """``|in - out - absorbed| / flow``: the unexplained part on the scale of rounding errors
+        (sums are taken in each tensor's precision, so a float32 node errs at ~1e-7 of its flow
+        even in a float64 model; :attr:`dtype` says which)."""
+        residual = abs(self.relevance_in - self.relevance_out - sum(self.absorbed.values()))
+        return residual / max(self.flow, 1e-300) if residual else 0.0
 
 
 @dataclass

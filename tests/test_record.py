@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
+from ledger import conserved
 
 import dynlrp
 from dynlrp.errors import MissingValue
@@ -72,7 +73,7 @@ def test_frozen_torchvision_models_inside_record_equal_trainable(name, size):
     exp = dynlrp.explain(out, target=[1, 2], inputs=[x])
     torch.testing.assert_close(exp.relevance(x), reference, rtol=1e-9, atol=1e-12)
     assert exp.conservation.unexplained < 1e-10
-    assert max(row.error for row in exp.nodes) < 1e-10
+    assert all(conserved(row, 1e-10) for row in exp.nodes)
     # what was kept: only biases (references to the parameters), no activation
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept = rec.tensors()
@@ -92,7 +93,7 @@ def test_frozen_language_models_inside_record_equal_trainable(name):
         out = _logits(model, x)
     exp = dynlrp.explain(out, rules="attnlrp", inputs=[x])
     torch.testing.assert_close(exp.relevance(x), reference, rtol=1e-9, atol=1e-12)
-    assert max(row.error for row in exp.nodes) < 1e-10
+    assert all(conserved(row, 1e-10) for row in exp.nodes)
 
 
 def test_frozen_vgg_post_hoc_lists_every_lost_bias_with_its_module():
@@ -130,7 +131,7 @@ def test_constants_added_to_attention_scores_need_record(name, attn):
     with dynlrp.record() as rec:
         out = _logits(model, x)
     exp = dynlrp.explain(out, rules="attnlrp", inputs=[x])
-    assert max(row.error for row in exp.nodes) < 1e-10
+    assert all(conserved(row, 1e-10) for row in exp.nodes)
     assert exp.conservation.unexplained < 1e-10
     with dynlrp.record(outputs=True) as full:
         out_full = _logits(model, x)
@@ -172,7 +173,7 @@ def test_python_scalars_are_kept_and_replayed():
     with dynlrp.record():
         out = ((torch.tanh(x) + 0.3).masked_fill(x > 1.0, -2.5) - 0.7).sum(1)
     exp = dynlrp.explain(out, target=torch.ones_like(out), inputs=[x])
-    assert max(row.error for row in exp.nodes) < 1e-12
+    assert all(conserved(row, 1e-12) for row in exp.nodes)
     with pytest.raises(dynlrp.MissingValueError, match="record"):
         dynlrp.explain(out, target=torch.ones_like(out), inputs=[x], recording=False)
 
@@ -186,7 +187,7 @@ def test_in_place_write_inside_the_block_is_copied_first():
         mask.fill_(100.0)  # the forward reuses the buffer afterwards
         out = scores.softmax(-1)[:, 0]
     exp = dynlrp.explain(out, target=torch.ones_like(out), inputs=[x])
-    assert max(row.error for row in exp.nodes) < 1e-12
+    assert all(conserved(row, 1e-12) for row in exp.nodes)
     expected = torch.tanh(x.detach()) + torch.tensor([0, 0, 0, -1.0, -1.0], dtype=D)
     assert torch.allclose(out, expected.softmax(-1)[:, 0])
 

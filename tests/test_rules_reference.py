@@ -21,6 +21,7 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from ledger import conserved
 from torch import nn
 
 import dynlrp
@@ -51,7 +52,7 @@ def explain(out, r0, inputs, rules="epsilon", **kwargs) -> dynlrp.Explanation:
     exp = dynlrp.explain(out, target=r0, inputs=inputs, rules=rules, strict=True, **kwargs)
     for row in exp.nodes:
         assert not row.fallback, row
-        assert row.error <= RTOL, row
+        assert conserved(row, RTOL), row
     assert exp.conservation.unexplained <= RTOL, exp.conservation
     return exp
 

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from hf_tiny import FLOAT32_ONLY, MODELS, NO_SDPA, build
+from ledger import conserved
 
 import dynlrp
 
@@ -29,7 +30,7 @@ def test_tiny_model_is_covered_and_conserves(name, attn):
     assert report.missing == {}, report.missing
     assert report.coverage == 1.0
     tolerance = 1e-4 if dtype == torch.float32 else 1e-10
-    worst = {op: s.max_error for op, s in report.ops.items() if s.max_error > tolerance}
+    worst = {row.node_type: row.error for row in report.explanation.nodes if not conserved(row, tolerance)}
     assert worst == {}
     assert report.conservation["unexplained"] < tolerance
     assert report.activations.max_error < (1e-5 if dtype == torch.float32 else 1e-12)

@@ -19,7 +19,7 @@ import torch
 
 from ..context import NodeContext, RuleResult
 from ..errors import RuleError
-from .common import stabilize, total
+from .common import broadcast_total, divide, total
 from .registry import rule, saved_values
 
 SOFTMAXES = ("SoftmaxBackward0", "SafeSoftmaxBackward0")
@@ -32,16 +32,17 @@ saved_values(*SDPA, inputs={0: "_saved_query", 1: "_saved_key", 2: "_saved_value
 
 
 def softmax_relevance(x: torch.Tensor, s: torch.Tensor, r: torch.Tensor, dim: int):
-    """AttnLRP's softmax rule; returns ``(R_x, absorbed rule term)`` (module docstring)."""
-    valid = torch.isfinite(x)
-    x0 = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    """AttnLRP's softmax rule; returns ``(R_x, absorbed rule term)`` (module docstring).
+
+    Masked logits (``-inf``, ``s = 0`` there) count as ``x = 0``: their ``R_x`` is zero and all their
+    ``R`` is absorbed. ``R_x = x R - (x s) sum R``, so the absorbed term is
+    ``sum R - sum x R + sum_rows (sum R)(sum x s)``."""
+    x0 = x if bool(torch.isfinite(x.sum())) else torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     row = r.sum(dim, keepdim=True)
-    r_x = torch.where(valid, x0 * (r - s * row), torch.zeros((), dtype=r.dtype, device=r.device))
-    wide = torch.float64  # the absorbed term in full precision, so the ledger checks R_x, not rounding
-    x64, r64 = x0.to(wide), r.to(wide)
-    lost = total(torch.where(valid, r64 * (1 - x64), r64)) + total(
-        r64.sum(dim, keepdim=True) * (x64 * s.to(wide)).sum(dim, keepdim=True))
-    return r_x, lost
+    xr, xs = x0 * r, x0 * s
+    xs = xs.to(torch.promote_types(xs.dtype, r.dtype))  # sum x s at R's precision, as R_x uses it
+    r_x = xr - xs * row
+    return r_x, total(r) - total(xr) + total(row * xs.sum(dim, keepdim=True))
 
 
 @rule(*SOFTMAXES)
@@ -58,9 +59,8 @@ def log_softmax(ctx: NodeContext, relevance):
     """Log-softmax ``y = x - logsumexp(x)`` with the normaliser frozen: ``R_x = x R / s(y)``;
     absorbs the normaliser's share ``(y - x) R / s(y)`` as ``constant`` and the stabiliser share."""
     x, y = ctx.input(0), ctx.output()
-    s = stabilize(y, ctx.settings.epsilon)
-    q = relevance[0] / s
-    return RuleResult((x * q,), {"constant": total((y - x) * q), "stabiliser": total((s - y) * q)})
+    q, lost = divide(relevance[0], y, ctx.settings.epsilon)
+    return RuleResult((x * q,), {"constant": total((y - x) * q), "stabiliser": lost})
 
 
 def _saved_or_none(ctx: NodeContext, name: str):
@@ -117,21 +117,21 @@ def scaled_dot_product_attention(ctx: NodeContext, relevance):
     out = ctx.held_output() if dtype == q.dtype else None  # the node saved its output
     out = weights @ vv if out is None else out
     r = relevance[0].to(q.dtype)
-    s_out = stabilize(out, eps)
-    c = r / s_out
-    absorbed = {"stabiliser": total((s_out - out) * c)}
+    c, lost = divide(r, out, eps)
+    absorbed = {"stabiliser": lost}
     if ctx.settings.attention == "cp":
         r_v = vv * (weights.transpose(-1, -2) @ c)
         return RuleResult((None, None, _fold_heads(r_v, v).to(dtype)), absorbed)
     r_v = 0.5 * vv * (weights.transpose(-1, -2) @ c)
     r_weights = 0.5 * weights * (c @ vv.transpose(-1, -2))
     r_logits, absorbed["rule"] = softmax_relevance(logits, weights, r_weights, -1)
-    finite = torch.isfinite(logits)
-    s_logits = stabilize(torch.where(finite, logits, torch.ones((), dtype=q.dtype, device=q.device)), eps)
-    g = r_logits / s_logits
-    absorbed["stabiliser"] = absorbed["stabiliser"] + total(torch.where(finite, (s_logits - logits) * g, 0.0))
+    # masked logits (-inf) have R = 0: taken as 0 they get g = 0 and no share (no inf * 0)
+    if mask is not None and not bool(torch.isfinite(logits.sum())):
+        logits, mask = (torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0) for t in (logits, mask))
+    g, lost = divide(r_logits, logits, eps)
+    absorbed["stabiliser"] = absorbed["stabiliser"] + lost
     if mask is not None:
-        absorbed["constant"] = total(torch.where(finite, mask.expand_as(logits) * g, 0.0))
+        absorbed["constant"] = broadcast_total(mask, g)
     r_q = 0.5 * q * (scale * (g @ kk))
     r_k = 0.5 * kk * (scale * (g.transpose(-1, -2) @ q))
     return RuleResult((r_q.to(dtype), _fold_heads(r_k, k).to(dtype), _fold_heads(r_v, v).to(dtype)), absorbed)

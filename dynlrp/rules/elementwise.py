@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import reduce_to_shape, stabilize, total
+from .common import divide, reduce_to_shape, stabilize, total
 from .registry import replay, rule, saved_values
 
 saved_values("MulBackward0", "DivBackward0", inputs={0: "_saved_self", 1: "_saved_other"})
@@ -32,18 +32,23 @@ def _operands(ctx: NodeContext, coefficients: tuple[float, ...]):
 def _signed_sum(ctx: NodeContext, relevance, coefficients: tuple[float, ...]) -> RuleResult:
     (r,) = relevance
     values = _operands(ctx, coefficients)
-    terms = [c * v for c, v in zip(coefficients, values)]
-    z = sum(terms) if len(terms) > 1 else terms[0]
+    terms = [v if c == 1.0 else c * v for c, v in zip(coefficients, values)]
+    z = terms[0]
+    for t in terms[1:]:
+        z = z + t
     z = torch.broadcast_to(z, r.shape)
-    s = stabilize(z, ctx.settings.epsilon)
-    c = r / s
-    finite = torch.isfinite(z)  # a mask added to a mask overflows to -inf: no shares there (inf * 0 = nan)
-    if bool(finite.all()):
-        finite = None
+    # a mask added to a mask overflows to -inf: no shares there (inf * 0 = nan). A finite sum means
+    # every element is finite (the elementwise check is the slow path)
+    finite = None if bool(torch.isfinite(z.sum())) or bool(torch.isfinite(z).all()) else torch.isfinite(z)
+    if finite is None:
+        c, lost = divide(r, z, ctx.settings.epsilon)
+    else:
+        s = stabilize(z, ctx.settings.epsilon)
+        c = r / s
+        lost = total(torch.where(finite, (s - z) * c, 0.0))
     shares = tuple(reduce_to_shape(t * c if finite is None else torch.where(finite, t * c, 0.0),
                                    ctx.output_shapes[0] if v is None else v.shape) for t, v in zip(terms, values))
-    lost = (s - z) * c
-    return RuleResult(shares, {"stabiliser": total(lost if finite is None else torch.where(finite, lost, 0.0))})
+    return RuleResult(shares, {"stabiliser": lost})
 
 
 @rule("AddBackward0", "SubBackward0")
@@ -73,9 +78,8 @@ def add_scalar(ctx: NodeContext, relevance):
     (r,) = relevance
     x, z = ctx.input(0), ctx.output()
     coef = -ctx.saved("alpha") if ctx.type == "RsubBackward1" else 1.0
-    s = stabilize(z, ctx.settings.epsilon)
-    c = r / s
-    return RuleResult((coef * x * c,), {"constant": total((z - coef * x) * c), "stabiliser": total((s - z) * c)})
+    c, lost = divide(r, z, ctx.settings.epsilon)
+    return RuleResult((coef * x * c,), {"constant": total((z - coef * x) * c), "stabiliser": lost})
 
 
 @rule("NegBackward0", "MulBackward1", "DivBackward1")

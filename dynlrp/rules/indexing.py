@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..context import NodeContext, RuleResult
 from ..errors import MissingValueError, RuleError
-from .common import reduce_to_shape, stabilize, total, z_rule
+from .common import divide, reduce_to_shape, total, z_rule
 from .linear import BilinearOp, modified_z, uniform_product
 from .registry import REGISTRY, replay, rule, saved_values
 
@@ -129,14 +129,13 @@ def _linear_z(ctx: NodeContext, relevance, z: torch.Tensor) -> RuleResult:
     ``R_k = x_k * J_k^T (R / s(z))``. Operands outside the graph get no relevance; their share
     ``sum z R / s - sum_k R_k`` (the adjoint identity) is absorbed as ``constant``."""
     (r,) = relevance
-    s = stabilize(z, ctx.settings.epsilon)
-    c = r / s
+    c, lost = divide(r, z, ctx.settings.epsilon)
     grads = _vjp(ctx, c)
     out: list = [None] * ctx.num_inputs
     for slot, g in enumerate(grads):
         if g is not None and ctx.has_input(slot):
             out[slot] = ctx.input(slot) * g
-    absorbed = {"stabiliser": total((s - z) * c)}
+    absorbed = {"stabiliser": lost}
     if not all(ctx.has_input(slot) for slot in range(ctx.num_inputs)):
         moved = sum((total(t) for t in out if t is not None), torch.zeros((), dtype=torch.float64))
         absorbed["constant"] = total(z * c) - moved

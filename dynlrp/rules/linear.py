@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import broadcast_total, stabilize, total
+from .common import broadcast_total, divide, total
 from .registry import replay, rule, saved_values
 
 # ----------------------------------------------------------------------------------------------
@@ -193,7 +193,8 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         if group.select == "all":
             r_g = relevance
         else:
-            r_g = relevance * ((z > 0) if group.select == "pos" else (z < 0)).to(relevance.dtype)
+            # 1 where z > 0 (z < 0), else 0, by arithmetic (a comparison mask is slow on CPU)
+            r_g = relevance * (z.clamp(min=0) if group.select == "pos" else z.clamp(max=0)).sign().abs_()
         inputs = [_modified_input(term.x, x, spec) for term in group.terms]
         weights = [term.w(w) for term in group.terms]
         big_z = sum(term.sign * (product if product is not None and term.x == "x" and term.w is _same
@@ -206,8 +207,7 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
                     big_b = part if big_b is None else big_b + part
         if big_b is not None:
             big_z = big_z + big_b
-        s = stabilize(big_z, spec.epsilon)
-        c = r_g / s
+        c, lost = divide(r_g, big_z, spec.epsilon)
         for term, xk, wk in zip(group.terms, inputs, weights):
             part = xk * op.vjp(xk, wk, c)
             factor = group.coef * term.sign
@@ -215,27 +215,30 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
             r_x = part if r_x is None else r_x + part
         if big_b is not None:
             absorbed["bias"] = absorbed["bias"] + group.coef * broadcast_total(big_b, c)
-        absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * total((s - big_z) * c)
+        absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * lost
         if group.select != "all":
             absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
     return r_x, absorbed
 
 
 def uniform_product(a: torch.Tensor, b: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor,
-                    forward, epsilon: float):
-    """AttnLRP's uniform rule for ``z = f(a, b)`` bilinear in two activations.
+                    forward, epsilon: float, bias: torch.Tensor | None = None):
+    """AttnLRP's uniform rule for ``z = f(a, b) (+ bias)`` bilinear in two activations.
 
     ``R_a = 1/2 * a * d f(a, b)/da^T (R / s(z))`` and likewise ``R_b``; since ``f`` is bilinear,
-    ``sum R_a = sum R_b = 1/2 sum z R / s(z)``. Absorbed: ``stabiliser = sum (s - z) R / s``.
+    ``sum R_a = sum R_b = 1/2 sum f(a, b) R / s(z)``. Absorbed: ``stabiliser = sum (s - z) R / s``
+    and, with a ``bias`` (broadcasting against ``z``), ``bias = sum bias R / s``.
     """
-    s = stabilize(z, epsilon)
-    c = relevance / s
+    c, lost = divide(relevance, z, epsilon)
     a_ = a.detach().requires_grad_(True)
     b_ = b.detach().requires_grad_(True)
     with torch.enable_grad():
         out = forward(a_, b_)
         grad_a, grad_b = torch.autograd.grad(out, (a_, b_), c)
-    return 0.5 * a * grad_a, 0.5 * b * grad_b, {"stabiliser": total((s - z) * c)}
+    absorbed = {"stabiliser": lost}
+    if bias is not None:
+        absorbed["bias"] = broadcast_total(bias, c)
+    return 0.5 * a * grad_a, 0.5 * b * grad_b, absorbed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,10 +293,8 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
     out: list[torch.Tensor | None] = [None] * ctx.num_inputs
     if a_data and b_data:
         z = product if bias is None else product + bias
-        r_a, r_b, absorbed = uniform_product(a, b, z, relevance, lambda p, q: alpha * (p @ q), ctx.settings.epsilon)
-        if bias is not None:
-            s = stabilize(z, ctx.settings.epsilon)
-            absorbed["bias"] = total(torch.broadcast_to(bias, z.shape) * relevance / s)
+        r_a, r_b, absorbed = uniform_product(a, b, z, relevance, lambda p, q: alpha * (p @ q),
+                                             ctx.settings.epsilon, bias)
         out[a_slot], out[b_slot] = r_a, r_b
         return RuleResult(tuple(out), absorbed)
     data_first = a_data

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import broadcast_total, stabilize, total
+from .common import broadcast_total, divide
 from .registry import replay, rule, saved_values
 
 saved_values("NativeBatchNormBackward0", inputs={0: "_saved_input", 1: "_saved_weight"})
@@ -45,10 +45,9 @@ def batch_norm(ctx: NodeContext, relevance):
     ``bias = sum c R / s(y)`` and the stabiliser share. Weight and bias get no relevance."""
     (r,) = relevance
     x, a, c = _affine(ctx)
-    y = a * x + c
-    s = stabilize(y, ctx.settings.epsilon)
-    q = r / s
-    return RuleResult((a * x * q, None, None), {"bias": broadcast_total(c, q), "stabiliser": total((s - y) * q)})
+    ax = a * x
+    q, lost = divide(r, ax + c, ctx.settings.epsilon)
+    return RuleResult((ax.mul_(q), None, None), {"bias": broadcast_total(c, q), "stabiliser": lost})
 
 
 @replay("NativeBatchNormBackward0")
@@ -66,9 +65,8 @@ saved_values("NativeGroupNormBackward0", inputs={0: "_saved_input", 1: "_saved_w
 def _ln_rule(x, y, bias_term, relevance, scale, center, epsilon):
     """``y = scale * center(x) + b``, linear in ``x`` once the statistics are frozen:
     ``R_x = x * J^T(R / s(y))`` with ``J^T g = center^T(scale * g)``; returns ``(R_x, absorbed)``."""
-    s = stabilize(y, epsilon)
-    q = relevance / s
-    return x * center(scale * q), {"bias": total(bias_term * q), "stabiliser": total((s - y) * q)}
+    q, lost = divide(relevance, y, epsilon)
+    return x * center(scale * q), {"bias": broadcast_total(bias_term, q), "stabiliser": lost}
 
 
 def _layer_norm_parts(ctx: NodeContext):
@@ -90,7 +88,7 @@ def layer_norm(ctx: NodeContext, relevance):
     share. Weight and bias get none."""
     x, dims, scale, centered, bias = _layer_norm_parts(ctx)
     y = centered * scale + bias
-    r_x, absorbed = _ln_rule(x, y, bias.expand_as(y), relevance[0], scale,
+    r_x, absorbed = _ln_rule(x, y, bias, relevance[0], scale,
                              lambda g: g - g.mean(dims, keepdim=True), ctx.settings.epsilon)
     return RuleResult((r_x, None, None), absorbed)
 
@@ -134,7 +132,7 @@ def group_norm(ctx: NodeContext, relevance):
         grouped = g.reshape(n, groups, -1)
         return (grouped - grouped.mean(-1, keepdim=True)).reshape(g.shape)
 
-    r_x, absorbed = _ln_rule(x, y, bias.expand_as(y), relevance[0], scale, center, ctx.settings.epsilon)
+    r_x, absorbed = _ln_rule(x, y, bias, relevance[0], scale, center, ctx.settings.epsilon)
     return RuleResult((r_x, None, None), absorbed)
 
 
