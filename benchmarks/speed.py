@@ -188,6 +188,7 @@ class Case:
     attn: str | None = None
     record: str = "auto"  # dynlrp's forward in dynlrp.record(): "auto" (where the graph lacks values), always, never
     nodes: int = 0
+    merge_batch_norm: bool = True  # dynlrp presets merge batch norm into the convolution before it (as zennit)
 
     @property
     def info(self) -> CaseInfo:
@@ -292,12 +293,11 @@ def _fwd_bwd(case: Case, preset: str, stack: contextlib.ExitStack) -> Run:
     return run
 
 
-def dynlrp_preset(preset: str, device: torch.device | str) -> dynlrp.Preset:
-    """The dynlrp preset ``preset`` (``epsilon_gamma_box`` with the ImageNet pixel box)."""
-    if preset == "epsilon_gamma_box":
-        low, high = image_box(device)
-        return dynlrp.presets.get(preset, low=low, high=high)
-    return dynlrp.presets.get(preset)
+def dynlrp_preset(preset: str, device: torch.device | str, merge_batch_norm: bool = True) -> dynlrp.Preset:
+    """The dynlrp preset ``preset`` (``epsilon_gamma_box`` with the ImageNet pixel box), batch norms
+    merged into the convolution before them unless ``merge_batch_norm=False``."""
+    box = dict(zip(("low", "high"), image_box(device))) if preset == "epsilon_gamma_box" else {}
+    return dynlrp.presets.get(preset, merge_batch_norm=merge_batch_norm, **box)
 
 
 @functools.cache
@@ -315,7 +315,7 @@ def needs_record(name: str, attn: str | None, preset: str) -> bool:
 
 
 def _dynlrp(case: Case, preset: str, stack: contextlib.ExitStack) -> Run:
-    rules = dynlrp_preset(preset, case.x.device)
+    rules = dynlrp_preset(preset, case.x.device, case.merge_batch_norm)
     record = case.record == "always" or (case.record == "auto" and needs_record(case.model, case.attn, preset))
 
     def run() -> object:
@@ -616,7 +616,7 @@ def probe_command(args: argparse.Namespace, model: str, method: str) -> list[str
 
 
 #: options that a probe or the LXT-env process takes over from this run
-SHARED_OPTIONS = ("size", "batch", "tokens", "image_size", "attn", "device", "record", "threads")
+SHARED_OPTIONS = ("size", "batch", "tokens", "image_size", "attn", "device", "record", "merge_batch_norm", "threads")
 
 
 def shared_options(args: argparse.Namespace) -> list[str]:
@@ -631,8 +631,10 @@ def shared_options(args: argparse.Namespace) -> list[str]:
 
 def case_from_args(args: argparse.Namespace, name: str, count_nodes: bool = True) -> Case:
     """:func:`build_case` with the command line's options."""
-    return build_case(name, size=args.size, batch=args.batch, tokens=args.tokens, image_size=args.image_size,
+    case = build_case(name, size=args.size, batch=args.batch, tokens=args.tokens, image_size=args.image_size,
                       attn=args.attn, device=args.device, record=args.record, count_nodes=count_nodes)
+    case.merge_batch_norm = getattr(args, "merge_batch_norm", "on") == "on"
+    return case
 
 
 def run_probe(cmd: Sequence[str], timeout: float = 1800) -> tuple[float | None, str]:
@@ -983,6 +985,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row] | None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--methods", default=None, help="comma-separated, e.g. forward,fwd_bwd,dynlrp:epsilon")
     parser.add_argument("--memory", default="auto", choices=("auto", "subprocess", "cuda", "none"))
+    parser.add_argument("--merge-batch-norm", default="on", choices=("on", "off"),
+                        help="dynlrp presets merge each batch norm into the convolution before it (zennit's"
+                             " ResNetCanonizer does the same); off: batch norm as its own epsilon layer")
     parser.add_argument("--record", default="auto", choices=("auto", "always", "never"),
                         help="dynlrp's forward inside dynlrp.record(): auto = where the graph lacks values")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

@@ -100,6 +100,10 @@ class NodeContext:
         recorded, or already resolved), else ``None``."""
         return self.store.held((self.node, nr))
 
+    def neighbour(self, node: Node) -> NodeContext:
+        """A context for another node of the same sweep (same values, settings and analysis)."""
+        return NodeContext(node, self.store, self.settings, self.analysis, sweep=self.sweep)
+
     def output_on_support(self, relevance: torch.Tensor, nr: int = 0) -> torch.Tensor | None:
         """A tensor equal to the output ``nr`` wherever ``relevance`` is non-zero, else ``None``.
 

@@ -32,6 +32,7 @@ class NodeSettings:
     epsilon: float
     first: bool = False
     attention: str = "uniform"
+    merge_batch_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Preset:
     first: LinearRule | None = None
     epsilon: float = 1e-6
     attention: str = "uniform"
+    merge_batch_norm: bool = False
     ops: dict[str, LinearRule] = field(default_factory=dict)
     modules: dict[str, LinearRule] = field(default_factory=dict)
 
@@ -54,7 +56,8 @@ class Preset:
             for pattern, spec in self.modules.items():
                 if fnmatch.fnmatchcase(module_path, pattern):
                     linear = spec
-        return NodeSettings(linear=linear, epsilon=self.epsilon, first=first, attention=self.attention)
+        return NodeSettings(linear=linear, epsilon=self.epsilon, first=first, attention=self.attention,
+                            merge_batch_norm=self.merge_batch_norm)
 
     def override(self, ops: dict[str, LinearRule] | None = None,
                  modules: dict[str, LinearRule] | None = None) -> Preset:
@@ -63,7 +66,7 @@ class Preset:
 
 
 def get(name: str, *, epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0,
-        low: float | torch.Tensor = 0.0, high: float | torch.Tensor = 1.0) -> Preset:
+        low: float | torch.Tensor = 0.0, high: float | torch.Tensor = 1.0, merge_batch_norm: bool = False) -> Preset:
     """Build a named preset.
 
     ``epsilon``: epsilon rule everywhere. ``zplus``: z+ everywhere. ``alpha_beta``: alpha-beta
@@ -77,6 +80,11 @@ def get(name: str, *, epsilon: float = 1e-6, gamma: float = 0.25, alpha: float =
     with attention weights held constant (relevance through the values only). ``dynamiclrp_vit``: the
     DynamicLRP paper's ViT setting (gamma 130 on convolutions, gamma 0.001 on linear layers, CP
     attention). ``epsilon`` is also the stabiliser of every rule (zennit's default 1e-6).
+
+    ``merge_batch_norm``: an eval-mode batch norm that directly follows a convolution (its only
+    consumer) is merged into it, as zennit's canonizers do: the convolution's rule runs on
+    ``W' = a W``, ``b' = a b + c`` (``y = a z + c`` the batch norm) and the batch norm passes
+    relevance through. Off: the batch norm is its own affine layer with the epsilon rule.
     """
     eps = LinearRule("epsilon", epsilon=epsilon)
     zplus = LinearRule("zplus", epsilon=epsilon)
@@ -100,7 +108,7 @@ def get(name: str, *, epsilon: float = 1e-6, gamma: float = 0.25, alpha: float =
     }
     if name not in table:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(table)}")
-    return Preset(name=name, epsilon=epsilon, **table[name])
+    return Preset(name=name, epsilon=epsilon, merge_batch_norm=merge_batch_norm, **table[name])
 
 
 NAMES = ("epsilon", "zplus", "alpha_beta", "gamma", "epsilon_plus", "epsilon_alpha2_beta1",

@@ -21,9 +21,18 @@ def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> tuple[to
     stabiliser keeps from the inputs), computed with ``s - z`` as rounded, in two buffers."""
     sign = unit_sign(z)
     s = torch.add(z, sign, alpha=epsilon)
-    c = relevance / s
     lost = torch.sub(s, z, out=sign) if sign.shape == s.shape else s - z
-    return c, total(lost.mul_(c) if lost.shape == c.shape else lost * c)
+    c = torch.div(relevance, s, out=s) if s.shape == torch.broadcast_shapes(s.shape, relevance.shape) and (
+        s.dtype == torch.promote_types(s.dtype, relevance.dtype)) else relevance / s
+    return c, dot(lost, c)
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``total(a * b)`` without the product tensor (one BLAS dot where the layouts allow it)."""
+    if (a.shape == b.shape and a.dtype == b.dtype and a.dtype in (torch.float32, torch.float64)
+            and a.is_contiguous() and b.is_contiguous()):
+        return torch.dot(a.view(-1), b.view(-1))
+    return total(a * b)
 
 
 def reduce_to_shape(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 
 from ..context import NodeContext, RuleResult
 from .common import broadcast_total, divide, total
+from .normalization import batch_norm_affine, batch_norm_after
 from .registry import replay, rule, saved_values
 
 # ----------------------------------------------------------------------------------------------
@@ -88,8 +89,11 @@ def _gamma_neg(gamma):
     return lambda t: t + gamma * t.clamp(max=0)
 
 
+PLAIN = Term(1.0, "x", _same, _same)  # the layer as it is
+
+
 def _epsilon(spec):
-    return (Group(1.0, "all", (Term(1.0, "x", _same, _same),)),)
+    return (Group(1.0, "all", (PLAIN,)),)
 
 
 def _zplus(spec):
@@ -183,7 +187,8 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
                z: torch.Tensor, relevance: torch.Tensor, spec: LinearRule, product: torch.Tensor | None = None):
     """The modified-z rule (module docstring) for one layer; returns ``(R_x, absorbed)``.
 
-    ``product``: ``f(x, W)`` if already at hand (the unmodified term is then not recomputed)."""
+    ``z`` is ``f(x, W) + b``. ``product``: ``f(x, W)`` if already at hand, or a function that returns
+    it (called only if a group needs it); the unmodified term is then not recomputed."""
     r_x = None
     groups = GROUPS[spec.kind](spec)
     # rule = sum R - sum_g c_g sum R_g: groups that select all outputs contribute c_g sum R
@@ -197,22 +202,32 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
             r_g = relevance * (z.clamp(min=0) if group.select == "pos" else z.clamp(max=0)).sign().abs_()
         inputs = [_modified_input(term.x, x, spec) for term in group.terms]
         weights = [term.w(w) for term in group.terms]
-        big_z = sum(term.sign * (product if product is not None and term.x == "x" and term.w is _same
-                                 else op.forward(xk, wk)) for term, xk, wk in zip(group.terms, inputs, weights))
         big_b = None
         if b is not None:
             for term in group.terms:
                 if term.b is not None:
-                    part = term.sign * op.bias(term.b(b), big_z)
+                    part = term.sign * op.bias(term.b(b), z)
                     big_b = part if big_b is None else big_b + part
-        if big_b is not None:
-            big_z = big_z + big_b
+        if group.terms == (PLAIN,):  # the unmodified layer: Z = z
+            big_z = z
+        else:
+            big_z = None
+            for term, xk, wk in zip(group.terms, inputs, weights):
+                if term.x == "x" and term.w is _same and product is not None:
+                    product = product() if callable(product) else product
+                    part = product if term.sign == 1.0 else term.sign * product
+                else:
+                    part = op.forward(xk, wk) if term.sign == 1.0 else term.sign * op.forward(xk, wk)
+                big_z = part if big_z is None else big_z + part
+            if big_b is not None:
+                big_z = big_z + big_b
         c, lost = divide(r_g, big_z, spec.epsilon)
         for term, xk, wk in zip(group.terms, inputs, weights):
-            part = xk * op.vjp(xk, wk, c)
+            part = op.vjp(xk, wk, c)  # a new tensor: scaled in place
+            part = part.mul_(xk) if part.shape == torch.broadcast_shapes(part.shape, xk.shape) else part * xk
             factor = group.coef * term.sign
-            part = part if factor == 1.0 else factor * part
-            r_x = part if r_x is None else r_x + part
+            part = part if factor == 1.0 else part.mul_(factor)
+            r_x = part if r_x is None else r_x.add_(part)
         if big_b is not None:
             absorbed["bias"] = absorbed["bias"] + group.coef * broadcast_total(big_b, c)
         absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * lost
@@ -347,10 +362,15 @@ def _has_bias(ctx: NodeContext) -> bool:
 def convolution(ctx: NodeContext, relevance):
     """Every ``aten.convolution`` (1d/2d/3d, transposed, grouped/depthwise, strided, dilated, with
     or without bias): ``z = conv(x, W) + b`` with the preset's linear rule. Absorbs the bias share
-    ``sum b_c R / s``, the stabiliser share and any rule term (module docstring)."""
+    ``sum b_c R / s``, the stabiliser share and any rule term (module docstring). With a batch norm
+    ``y = a z + c`` merged into it (preset ``merge_batch_norm``), the rule explains ``y`` (whose
+    relevance the batch norm passed on) as the layer ``W' = a W``, ``b' = a b + c``."""
     x, w = ctx.input(0), ctx.input(1)
     op = _conv_op(ctx)
     bias = ctx.operand(2) if _has_bias(ctx) else None
+    norm = batch_norm_after(ctx)
+    if norm is not None:
+        return _merged_convolution(ctx, op, x, w, bias, norm, relevance[0])
     known_bias = bias is not None or not _has_bias(ctx)
     held = ctx.output_on_support(relevance[0]) if known_bias else None  # kept by a node: no convolution
     if held is not None:
@@ -361,6 +381,21 @@ def convolution(ctx: NodeContext, relevance):
             bias = ctx.output() - product
     z = product if bias is None else product + op.bias(bias, product)
     r_x, absorbed = modified_z(op, x, w, bias, z, relevance[0], ctx.settings.linear, product)
+    return RuleResult((r_x, None, None), absorbed)
+
+
+def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: NodeContext, relevance) -> RuleResult:
+    """The convolution and the batch norm after it as one layer ``y = conv(x, a W) + (a b + c)``."""
+    z, a, c = batch_norm_affine(norm)  # z: this convolution's output, saved by the batch norm
+    if _has_bias(ctx) and bias is None:  # a frozen bias nothing holds: recovered from z
+        raw = op.forward(x, w)
+        bias = z - raw
+    else:
+        raw = z if bias is None else z - op.bias(bias, z)
+    w = w * a.reshape((-1,) + (1,) * (w.dim() - 1))
+    merged = c if bias is None else a * op.bias(bias, z) + c
+    y = torch.addcmul(merged, a, raw)
+    r_x, absorbed = modified_z(op, x, w, merged, y, relevance, ctx.settings.linear, lambda: a * raw)
     return RuleResult((r_x, None, None), absorbed)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 
 from ..context import NodeContext, RuleResult
+from ..graph import Node, node_type
 from .common import broadcast_total, divide
 from .registry import replay, rule, saved_values
 
 saved_values("NativeBatchNormBackward0", inputs={0: "_saved_input", 1: "_saved_weight"})
 
 
-def _affine(ctx: NodeContext):
+def batch_norm_affine(ctx: NodeContext):
     """``(x, a, c)`` with ``a``, ``c`` broadcasting against ``x`` (channels in dim 1)."""
     x = ctx.input(0)
     if ctx.saved("training"):
@@ -39,12 +40,38 @@ def _affine(ctx: NodeContext):
     return x, a, c
 
 
+MERGES_INTO = ("ConvolutionBackward0",)
+
+
+def _mergeable(ctx: NodeContext, linear: Node, norm: Node) -> bool:
+    """Whether ``norm`` is an eval-mode batch norm reading ``linear``'s output as its only consumer,
+    with the preset's ``merge_batch_norm`` on (checked the same way from either node)."""
+    consumers = ctx.store.graph.consumers.get(linear, ())
+    return (ctx.settings is not None and ctx.settings.merge_batch_norm and node_type(linear) in MERGES_INTO
+            and node_type(norm) == "NativeBatchNormBackward0" and len(consumers) == 1
+            and consumers[0] == (norm, 0, 0) and not ctx.neighbour(norm).saved("training")
+            and not ctx.neighbour(linear).saved("transposed"))
+
+
+def batch_norm_after(ctx: NodeContext) -> NodeContext | None:
+    """For a convolution: the context of the batch norm merged into it (see :func:`_mergeable`)."""
+    consumers = ctx.store.graph.consumers.get(ctx.node, ())
+    if len(consumers) != 1 or not _mergeable(ctx, ctx.node, consumers[0][0]):
+        return None
+    return ctx.neighbour(consumers[0][0])
+
+
 @rule("NativeBatchNormBackward0")
 def batch_norm(ctx: NodeContext, relevance):
     """Batch norm ``y = a x + c`` (module docstring): epsilon rule ``R_x = a x R / s(y)``; absorbs
-    ``bias = sum c R / s(y)`` and the stabiliser share. Weight and bias get no relevance."""
+    ``bias = sum c R / s(y)`` and the stabiliser share. Weight and bias get no relevance. Merged into
+    the convolution before it (preset ``merge_batch_norm``): ``R_x = R`` (that convolution's rule
+    explains ``y`` with ``W' = a W``, ``b' = a b + c``), exact."""
     (r,) = relevance
-    x, a, c = _affine(ctx)
+    producer = ctx.edges[0][0]
+    if producer is not None and _mergeable(ctx, producer, ctx.node):
+        return RuleResult((r, None, None))
+    x, a, c = batch_norm_affine(ctx)
     ax = a * x
     q, lost = divide(r, ax + c, ctx.settings.epsilon)
     return RuleResult((ax.mul_(q), None, None), {"bias": broadcast_total(c, q), "stabiliser": lost})
@@ -52,7 +79,7 @@ def batch_norm(ctx: NodeContext, relevance):
 
 @replay("NativeBatchNormBackward0")
 def _batch_norm_forward(ctx: NodeContext):
-    x, a, c = _affine(ctx)
+    x, a, c = batch_norm_affine(ctx)
     return (a * x + c, None, None)
 
 
