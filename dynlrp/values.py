@@ -10,6 +10,7 @@ the total extra work is O(nodes + edges) and deep pass-through chains cannot hit
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,13 @@ class PromiseStats:
         return self.generating_nodes / self.total_nodes if self.total_nodes else 0.0
 
 
+def _call(node: Node, grads: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    """A node's backward applied to ``grads`` (one per output)."""
+    with torch.no_grad():
+        result = node(*grads)
+    return result if isinstance(result, tuple) else (result,)
+
+
 class ValueStore:
     """Forward values of a graph's edges, resolved on demand."""
 
@@ -96,14 +104,48 @@ class ValueStore:
         """Enter a value that is at hand without the graph (the explained output itself)."""
         self.memo[edge], self.depth[edge] = value.detach(), 0
 
-    def held(self, edge: Edge) -> torch.Tensor | None:
-        """The value of ``edge`` if it can be read without replaying anything, else ``None``."""
+    def held(self, edge: Edge, depth: int = 0) -> torch.Tensor | None:
+        """The value of ``edge`` if it can be read without replaying anything (also gathered back
+        from routing consumers, :meth:`_routed`), else ``None``."""
         if edge not in self.memo:
             direct = self._direct(edge)
+            if direct is None:
+                direct = self._routed(edge, depth)
             if direct is None:
                 return None
             self.memo[edge], self.depth[edge] = direct, 0
         return self.memo[edge]
+
+    def _routed(self, edge: Edge, depth: int) -> torch.Tensor | None:
+        """``x`` gathered from its consumers when all of them only move elements (shape ops: split,
+        view, transpose, select, ...) and their outputs are held: ``x = sum_i J_i^T y_i``, exact
+        when every element is taken once (``sum_i J_i^T 1 = 1``, checked), e.g. a fused q/k/v
+        projection split into the three tensors attention saved."""
+        node, nr = edge
+        consumers = [(c, slot) for c, slot, out_nr in self.graph.consumers.get(node, ()) if out_nr == nr]
+        if depth > 8 or not consumers or any(
+                self.registry.rules.get(node_type(c)) is None or self.registry.rules[node_type(c)].family != "shape"
+                or not callable(c) for c, _ in consumers):
+            return None
+        meta = node._input_metadata[nr]
+        outputs_meta = [m for c, _ in consumers for m in c._input_metadata]
+        if (sum(math.prod(m.shape) for m in outputs_meta) != math.prod(meta.shape)  # copies, or only a part
+                or any(m.dtype != meta.dtype for m in outputs_meta)):  # a cast rounds: not exact
+            return None
+        gathered = cover = None
+        for consumer, slot in consumers:
+            outputs = [self.held((consumer, j), depth + 1) for j in range(len(consumer._input_metadata))]
+            if any(v is None for v in outputs):
+                return None
+            part = _call(consumer, outputs)[slot]
+            ones = _call(consumer, [torch.ones_like(v) for v in outputs])[slot]
+            if part is None or ones is None:
+                return None
+            gathered = part if gathered is None else gathered + part
+            cover = ones if cover is None else cover + ones
+        if float(cover.sub(1).abs_().sum()) != 0.0:
+            return None
+        return gathered.reshape(node._input_metadata[nr].shape)
 
     def output_value(self, node: Node, nr: int = 0) -> torch.Tensor:
         """The forward value of ``node``'s output ``nr``."""

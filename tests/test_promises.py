@@ -172,3 +172,34 @@ def test_plan_cache_reuses_the_structure_and_gives_the_same_explanation():
     dynlrp.explain(model(x), target=0, inputs=[x], rules="zplus", plans=cache)  # another preset: its own plan
     dynlrp.explain(torch.tanh(model(x)), target=0, inputs=[x], plans=cache)  # another structure
     assert len(cache) == 2 and cache.misses == 3  # maxsize 2: the least recently used was dropped
+
+
+def _fused_projection(cast: bool = False, keep: int = 3):
+    """``x -> linear (fused q, k, v) -> split -> heads -> SDPA``: the projection's output is held
+    only as the three pieces attention saved. ``cast``: the pieces pass a float32 cast first;
+    ``keep``: how many pieces are used."""
+    torch.manual_seed(0)
+    proj = nn.Linear(8, 24).double()
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    z = proj(x)
+    pieces = [p.view(1, 5, 2, 4).transpose(1, 2) for p in z.split(8, -1)][:keep]
+    if cast:
+        pieces = [p.float() for p in pieces]
+    if keep < 3:
+        pieces = pieces + pieces[: 3 - keep]
+    out = torch.nn.functional.scaled_dot_product_attention(*pieces)
+    graph = Graph.build(out.grad_fn)
+    node = next(n for n in graph.order if node_type(n) == "AddmmBackward0")
+    return ValueStore(graph, REGISTRY), node, z.detach()
+
+
+def test_output_gathered_back_from_the_pieces_attention_saved():
+    store, node, z = _fused_projection()
+    held = store.held((node, 0))
+    assert held is not None and torch.equal(held, z)  # copies only: exact
+
+
+@pytest.mark.parametrize("kind", ["cast", "part"])
+def test_no_gathered_output_unless_every_element_is_copied_once(kind):
+    store, node, _ = _fused_projection(cast=kind == "cast", keep=2 if kind == "part" else 3)
+    assert store.held((node, 0)) is None
