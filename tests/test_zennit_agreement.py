@@ -340,3 +340,19 @@ def test_unfolded_batch_norm_matches_folded(networks, request, model_name, size)
     assert rel[1e-6] <= UNFOLDED_BOUND, rel
     assert rel[1e-12] <= rel[1e-10] / 50, rel  # linear in eps: the O(eps / |z|) stabiliser term
     assert rel[1e-12] <= 1e-6, rel
+
+
+@pytest.mark.parametrize("preset", ["epsilon", "zplus", "alpha_beta", "epsilon_gamma_box"])
+@pytest.mark.parametrize("model_name", RESNETS)
+def test_merged_batch_norm_equals_the_folded_network(networks, model_name, preset):
+    """``merge_batch_norm=True`` on the unfolded network gives what the same preset gives on the
+    exactly folded copy (batch norm merged into each convolution's weights and bias, as zennit's
+    canonizers do), for the modified rules too: the rule runs on ``W' = a W``, ``b' = a b + c``."""
+    x, targets = example(model_name, DEFAULT_SIZE[model_name])
+    merged = dynlrp.presets.get(preset, low=LOW, high=HIGH, merge_batch_norm=True)
+    ours, exp = dynlrp_explain(networks.get(model_name), x, targets, merged)
+    folded, _ = dynlrp_explain(networks.get(model_name, "folded"), x, targets, preset)
+    assert max_rel_diff(ours, folded) <= 1e-10
+    assert exp.conservation.unexplained < 1e-9
+    merged_rows = [row for row in exp.nodes if row.node_type == "NativeBatchNormBackward0"]
+    assert merged_rows and all(row.absorbed == {} and row.error == 0.0 for row in merged_rows)
