@@ -54,6 +54,7 @@ class PromiseStats:
     internal_nodes: int = 0
     delta: int = 0
     total_nodes: int = 0
+    derived: int = 0  # values derived from held ones instead of replayed (ValueStore.derive)
 
     @property
     def rho(self) -> float:
@@ -146,6 +147,28 @@ class ValueStore:
         if float(cover.sub(1).abs_().sum()) != 0.0:
             return None
         return gathered.reshape(node._input_metadata[nr].shape)
+
+    def held_input(self, node: Node, slot: int) -> torch.Tensor | None:
+        """The value on ``node``'s input ``slot`` if it can be read without replaying anything."""
+        own = self._own_saved_input(node, slot)
+        if own is not None:
+            return own
+        child, nr = self.graph.edges[node][slot]
+        if child is None:
+            return self.recording.operand(node, slot) if self.recording is not None else None
+        return self.held((child, nr))
+
+    def derive(self, edge: Edge, value: torch.Tensor) -> None:
+        """Enter a value a rule derived from held ones (e.g. an addend as ``z - other``), exact up
+        to the rounding of that derivation, so that its producer does not recompute it."""
+        self.memo[edge], self.depth[edge] = value.detach(), 0
+        self.stats.derived += 1
+
+    def forget(self, edge: Edge) -> None:
+        """Drop a derived value again (its producer then recomputes it exactly)."""
+        if self.memo.pop(edge, None) is not None:
+            self.depth.pop(edge, None)
+            self.stats.derived -= 1
 
     def output_value(self, node: Node, nr: int = 0) -> torch.Tensor:
         """The forward value of ``node``'s output ``nr``."""

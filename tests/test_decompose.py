@@ -135,7 +135,9 @@ def test_float32_relevance_equals_float64_model(cls, kw):
     r64, _ = _relevance(copy.deepcopy(model).double(), x.double(), target.double(), WELL_CONDITIONED)
     assert _norm_error(r32, r64) < 1e-4
     assert exp.fallbacks == {}
-    assert max(row.error for row in exp.nodes) < 1e-4
+    # float32: the residual on the scale of the relevance through the node (|in| alone can be far
+    # smaller than what the stabilisers absorb, 20x here)
+    assert max(row.flow_error for row in exp.nodes) < 1e-6
 
 
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])

@@ -224,3 +224,16 @@ def test_resnet50_audit_coverage_acceptance():
     report = dynlrp.audit(torchvision.models.resnet50().eval(), torch.randn(1, 3, 224, 224))
     assert report.coverage == 1.0
     assert report.nodes == 338
+
+
+def test_ledger_reuses_sums_only_for_the_same_elements():
+    """An output that holds the input relevance's elements (identity, reshape, permutation) reuses
+    its ledger sums; a part, a strided slice or a broadcast view does not."""
+    from dynlrp.engine import _dense_layout, _same_elements
+
+    t = torch.randn(2, 3, 4)
+    assert _same_elements(t, t) and _same_elements(t, t.view(6, 4)) and _same_elements(t, t.permute(2, 0, 1))
+    assert not _same_elements(t, t.reshape(-1)[:12]) and not _same_elements(t, t.clone())
+    assert not _same_elements(t.double(), t.double().float().double())
+    assert not _dense_layout(t[:, :, ::2]) and not _dense_layout(t[:, :2]) and not _dense_layout(t.expand(2, 2, 3, 4))
+    assert _dense_layout(t[:1]) and _dense_layout(t.transpose(0, 2))

@@ -203,3 +203,33 @@ def test_output_gathered_back_from_the_pieces_attention_saved():
 def test_no_gathered_output_unless_every_element_is_copied_once(kind):
     store, node, _ = _fused_projection(cast=kind == "cast", keep=2 if kind == "part" else 3)
     assert store.held((node, 0)) is None
+
+
+class _Residual(nn.Module):
+    """``z = x + scale * W LN(x)`` then a layer norm and a head: the branch output is held by no
+    node, the sum ``z`` (the second layer norm's input) and ``x`` are."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.ln1, self.lin, self.ln2, self.head = nn.LayerNorm(6), nn.Linear(6, 6), nn.LayerNorm(6), nn.Linear(6, 3)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.head(self.ln2(x + self.lin(self.ln1(x)) * self.scale))
+
+
+@pytest.mark.parametrize("scale,kept", [(1.0, 1), (1e-4, 0)])
+def test_residual_branch_output_derived_from_the_sum(scale, kept):
+    """The add rule derives the branch's output as ``z - x`` instead of replaying the linear layer,
+    and leaves it for that layer's rule only if its share of the relevance is large enough for the
+    rounding of ``z - x`` to stay at rounding level; the relevance matches the all-values recording."""
+    torch.manual_seed(0)
+    model = _Residual(scale).double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    exp = dynlrp.explain(model(x), inputs=[x], recording=False)
+    assert exp.promises.derived == kept
+    with dynlrp.record(outputs=True):
+        out = model(x)
+    reference = dynlrp.explain(out, inputs=[x])
+    torch.testing.assert_close(exp.relevance(x), reference.relevance(x), rtol=1e-10, atol=1e-14)
+    assert max(row.error for row in exp.nodes) < 1e-10

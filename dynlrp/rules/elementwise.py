@@ -10,15 +10,33 @@ from __future__ import annotations
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import divide, reduce_to_shape, stabilize, total
+from .common import abs_total, divide, reduce_to_shape, stabilize, total
 from .registry import replay, rule, saved_values
 
 saved_values("MulBackward0", "DivBackward0", inputs={0: "_saved_self", 1: "_saved_other"})
 
 
+#: a derived addend is kept for its producer only if its share carries at least this fraction of
+#: the relevance: the producer's ledger then errs by at most ~eps / fraction of its flow (rounding
+#: of ``z - rest`` is ``eps |z|``, its effect on the producer's rule scales with ``|z| / |addend|``)
+DERIVED_SHARE = 0.05
+
+
 def _operands(ctx: NodeContext, coefficients: tuple[float, ...]):
-    """Operand values; a single operand that neither the graph nor a recording holds is recovered
-    as ``(z - rest) / c``."""
+    """``(values, derived slot or None)``. A single operand that nothing holds is recovered as
+    ``(z - rest) / c``: when the output and the other operands are held, instead of recomputing it
+    (e.g. a residual branch's last linear layer, whose rule may then reuse the value, see
+    :data:`DERIVED_SHARE`); when it is a constant outside the graph, because nothing else can."""
+    held = [ctx.store.held_input(ctx.node, slot) for slot in range(ctx.num_inputs)]
+    unheld = [slot for slot, value in enumerate(held) if value is None]
+    if len(unheld) == 1 and ctx.has_input(unheld[0]):
+        slot = unheld[0]
+        z, meta = ctx.held_output(), ctx.node.next_functions[slot][0]._input_metadata[ctx.edges[slot][1]]
+        if z is not None and tuple(meta.shape) == tuple(z.shape) and meta.dtype == z.dtype:
+            rest = sum(c * v for c, v in zip(coefficients, held) if v is not None)
+            held[slot] = (z - rest) / coefficients[slot]
+            ctx.store.derive(ctx.edges[slot], held[slot])
+            return held, slot
     values = [ctx.operand(slot) for slot in range(ctx.num_inputs)]
     missing = [slot for slot, value in enumerate(values) if value is None]
     if len(missing) == 1:
@@ -26,12 +44,12 @@ def _operands(ctx: NodeContext, coefficients: tuple[float, ...]):
         values[missing[0]] = (ctx.output() - rest) / coefficients[missing[0]]
     elif missing:
         values = [ctx.input(slot) for slot in range(ctx.num_inputs)]  # raises the named error
-    return values
+    return values, None
 
 
 def _signed_sum(ctx: NodeContext, relevance, coefficients: tuple[float, ...]) -> RuleResult:
     (r,) = relevance
-    values = _operands(ctx, coefficients)
+    values, derived = _operands(ctx, coefficients)
     terms = [v if c == 1.0 else c * v for c, v in zip(coefficients, values)]
     z = terms[0]
     for t in terms[1:]:
@@ -48,6 +66,8 @@ def _signed_sum(ctx: NodeContext, relevance, coefficients: tuple[float, ...]) ->
         lost = total(torch.where(finite, (s - z) * c, 0.0))
     shares = tuple(reduce_to_shape(t * c if finite is None else torch.where(finite, t * c, 0.0),
                                    ctx.output_shapes[0] if v is None else v.shape) for t, v in zip(terms, values))
+    if derived is not None and not float(abs_total(shares[derived])) >= DERIVED_SHARE * float(abs_total(r)):
+        ctx.store.forget(ctx.edges[derived])
     return RuleResult(shares, {"stabiliser": lost})
 
 
