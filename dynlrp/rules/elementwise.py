@@ -31,7 +31,8 @@ def _operands(ctx: NodeContext, coefficients: tuple[float, ...]):
     unheld = [slot for slot, value in enumerate(held) if value is None]
     if len(unheld) == 1 and ctx.has_input(unheld[0]):
         slot = unheld[0]
-        z, meta = ctx.held_output(), ctx.node.next_functions[slot][0]._input_metadata[ctx.edges[slot][1]]
+        child, nr = ctx.edges[slot]
+        z, meta = ctx.held_output(), child._input_metadata[nr]
         if z is not None and tuple(meta.shape) == tuple(z.shape) and meta.dtype == z.dtype:
             rest = sum(c * v for c, v in zip(coefficients, held) if v is not None)
             held[slot] = (z - rest) / coefficients[slot]
@@ -66,7 +67,8 @@ def _signed_sum(ctx: NodeContext, relevance, coefficients: tuple[float, ...]) ->
         lost = total(torch.where(finite, (s - z) * c, 0.0))
     shares = tuple(reduce_to_shape(t * c if finite is None else torch.where(finite, t * c, 0.0),
                                    ctx.output_shapes[0] if v is None else v.shape) for t, v in zip(terms, values))
-    if derived is not None and not float(abs_total(shares[derived])) >= DERIVED_SHARE * float(abs_total(r)):
+    if derived is not None and (finite is not None  # z - rest is not the addend where z overflowed
+                                or not float(abs_total(shares[derived])) >= DERIVED_SHARE * float(abs_total(r))):
         ctx.store.forget(ctx.edges[derived])
     return RuleResult(shares, {"stabiliser": lost})
 
