@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import MissingValueError
-from .graph import Node, node_type, output_shapes
+from .graph import Node, call_backward, node_type, output_shapes
 from .saved import read_saved
 
 if TYPE_CHECKING:
@@ -155,9 +155,7 @@ class NodeContext:
         """The node's own backward applied to ``grads`` (one per output), without building a graph."""
         if not callable(self.node):  # a custom autograd.Function's node: see _function_vjp
             return self._function_vjp(grads)
-        with torch.no_grad():
-            result = self.node(*grads)
-        return result if isinstance(result, tuple) else (result,)
+        return call_backward(self.node, grads)
 
     def _function_vjp(self, grads) -> tuple[torch.Tensor | None, ...]:
         """``Function.backward`` called directly: grads for outputs without one are materialised as

@@ -18,6 +18,13 @@ def node_type(node: Node) -> str:
     return type(node).__name__
 
 
+def call_backward(node: Node, grads) -> tuple[torch.Tensor | None, ...]:
+    """A built-in node's backward applied to ``grads`` (one per output), without building a graph."""
+    with torch.no_grad():
+        result = node(*grads)
+    return result if isinstance(result, tuple) else (result,)
+
+
 def output_shapes(node: Node) -> list[torch.Size]:
     """Shapes of the node's forward outputs (one per output number)."""
     return [torch.Size(meta.shape) for meta in node._input_metadata]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import MissingValueError
-from .graph import Edge, Graph, Node, node_type
+from .graph import Edge, Graph, Node, call_backward, node_type
 from .saved import read_saved
 
 if TYPE_CHECKING:
@@ -59,13 +59,6 @@ class PromiseStats:
     @property
     def rho(self) -> float:
         return self.generating_nodes / self.total_nodes if self.total_nodes else 0.0
-
-
-def _call(node: Node, grads: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
-    """A node's backward applied to ``grads`` (one per output)."""
-    with torch.no_grad():
-        result = node(*grads)
-    return result if isinstance(result, tuple) else (result,)
 
 
 class ValueStore:
@@ -138,8 +131,8 @@ class ValueStore:
             outputs = [self.held((consumer, j), depth + 1) for j in range(len(consumer._input_metadata))]
             if any(v is None for v in outputs):
                 return None
-            part = _call(consumer, outputs)[slot]
-            ones = _call(consumer, [torch.ones_like(v) for v in outputs])[slot]
+            part = call_backward(consumer, outputs)[slot]
+            ones = call_backward(consumer, [torch.ones_like(v) for v in outputs])[slot]
             if part is None or ones is None:
                 return None
             gathered = part if gathered is None else gathered + part
