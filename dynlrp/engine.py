@@ -315,9 +315,11 @@ class _Sweep:
         else:
             pending[graph.root] = [None] * len(graph.root._input_metadata)
             pending[graph.root][output.output_nr] = start
+        release = self.store.release
         for node in graph.order:
             relevance = pending.pop(node, None)
             if relevance is None:
+                release(node)
                 continue
             name = node_type(node)
             info = REGISTRY.rules.get(name)
@@ -376,6 +378,7 @@ class _Sweep:
                     tokens.append(TokenRelevance(path, ctx.saved("indices"), result.sources))
             rows.append((name, info.name if info else FALLBACK, path, ins, flow, outs, absorbed, info is None,
                          _narrowest(relevance, result.inputs, result.sources)))
+            release(node)
         if self.missing:
             raise MissingValueError.listing(list(self.missing.values()))
         return self._finish(ledger, start, rows, input_relevance, tokens, fallbacks)

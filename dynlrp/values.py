@@ -76,6 +76,7 @@ class ValueStore:
         self.stats = PromiseStats(total_nodes=len(graph))
         self._generating: set[Node] = set()
         self._replayed: set[Node] = set()
+        self._passed: set[Node] = set()  # nodes the sweep has passed (release): their values are not kept
 
     # -- public -------------------------------------------------------------------------------
     def input_value(self, node: Node, slot: int) -> torch.Tensor:
@@ -105,8 +106,8 @@ class ValueStore:
             direct = self._direct(edge)
             if direct is None:
                 direct = self._routed(edge, depth)
-            if direct is None:
-                return None
+            if direct is None or edge[0] in self._passed:  # read again if asked again: not kept
+                return direct
             self.memo[edge], self.depth[edge] = direct, 0
         return self.memo[edge]
 
@@ -162,6 +163,17 @@ class ValueStore:
         if self.memo.pop(edge, None) is not None:
             self.depth.pop(edge, None)
             self.stats.derived -= 1
+
+    def release(self, node: Node) -> None:
+        """Drop the memoised outputs of ``node`` once the sweep has passed it, and keep none of them
+        from now on. Rules at later nodes (its producers) never ask for them; a gathered read
+        (:meth:`_routed`) that still does reads them from the graph again. Only values ahead of the
+        sweep stay alive (peak memory)."""
+        self._passed.add(node)
+        if self.memo:
+            for nr in range(len(node._input_metadata)):
+                if self.memo.pop((node, nr), None) is not None:
+                    self.depth.pop((node, nr), None)
 
     def output_value(self, node: Node, nr: int = 0) -> torch.Tensor:
         """The forward value of ``node``'s output ``nr``."""

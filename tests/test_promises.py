@@ -233,3 +233,53 @@ def test_residual_branch_output_derived_from_the_sum(scale, kept):
     reference = dynlrp.explain(out, inputs=[x])
     torch.testing.assert_close(exp.relevance(x), reference.relevance(x), rtol=1e-10, atol=1e-14)
     assert max(row.error for row in exp.nodes) < 1e-10
+
+
+def test_values_of_passed_nodes_are_released():
+    """Once the sweep has passed a node, its memoised outputs are dropped and not memoised again
+    (a gathered read re-reads them from the graph): only values ahead of the sweep stay alive."""
+    x = torch.randn(3, 4, requires_grad=True)
+    s = ((x.t().reshape(2, 6)) * 3.0).sum(1)  # the sum's input: replayed through mul and views
+    graph = Graph.build(s.grad_fn)
+    store = ValueStore(graph, REGISTRY)
+    mul = next(n for n in graph.order if node_type(n) == "MulBackward0")
+    value = store.output_value(mul)
+    assert (mul, 0) in store.memo
+    store.release(mul)
+    assert (mul, 0) not in store.memo
+    torch.testing.assert_close(store.output_value(mul), value, rtol=0, atol=0)  # still resolvable
+
+
+class _Attention(nn.Module):
+    """Three self-attention blocks with fused q/k/v projections (values gathered back from pieces)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.MultiheadAttention(8, 2, batch_first=True) for _ in range(3))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x, x, x, need_weights=False)[0]
+        return self.head(x.mean(1))
+
+
+def test_the_store_holds_no_value_behind_the_sweep(monkeypatch):
+    torch.manual_seed(0)
+    model = _Attention().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    behind = []
+    release = ValueStore.release
+
+    def checked(store, node):
+        release(store, node)
+        behind.append(sum(1 for n, _ in store.memo if n in store._passed))
+
+    monkeypatch.setattr(ValueStore, "release", checked)
+    exp = dynlrp.explain(model(x), inputs=[x])
+    assert len(behind) == len(Graph.build(model(x).grad_fn).order) and max(behind) == 0
+    with dynlrp.record(outputs=True):
+        out = model(x)
+    monkeypatch.setattr(ValueStore, "release", release)
+    reference = dynlrp.explain(out, inputs=[x])
+    torch.testing.assert_close(exp.relevance(x), reference.relevance(x), rtol=1e-10, atol=1e-14)

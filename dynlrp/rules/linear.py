@@ -298,16 +298,16 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
     bias = None if bias_slot is None else ctx.operand(bias_slot)
     bias = bias if bias is None else pick(beta * bias)
     known_bias = bias_slot is None or bias is not None
-    held = pick(ctx.output_on_support(relevance_full)) if known_bias else None  # kept by a node: no matmul
-    if held is not None and known_bias:
-        product = held if bias is None else held - bias
+    z = pick(ctx.output_on_support(relevance_full)) if known_bias else None  # kept by a node: no matmul
+    if z is not None:  # f(x, W) only if a rule term needs it
+        product = z if bias is None else (lambda: z - bias)
     else:
         product = x_a @ b if alpha == 1 else alpha * (x_a @ b)
         if bias_slot is not None and bias is None:
             bias = pick(ctx.output()) - product
+        z = product if bias is None else product + bias
     out: list[torch.Tensor | None] = [None] * ctx.num_inputs
     if a_data and b_data:
-        z = product if bias is None else product + bias
         r_a, r_b, absorbed = uniform_product(a, b, z, relevance, lambda p, q: alpha * (p @ q),
                                              ctx.settings.epsilon, bias)
         out[a_slot], out[b_slot] = r_a, r_b
@@ -317,7 +317,6 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
     if alpha != 1:  # no scaled copy of the weight in the usual case
         w = alpha * w
     op = _matmul_op(data_first)
-    z = product if bias is None else product + bias
     r_x, absorbed = modified_z(op, x, w, bias, z, relevance, ctx.settings.linear, product)
     if rows is not None:
         r_x = torch.zeros_like(a).index_copy_(0, rows, r_x)
@@ -372,14 +371,14 @@ def convolution(ctx: NodeContext, relevance):
     if norm is not None:
         return _merged_convolution(ctx, op, x, w, bias, norm, relevance[0])
     known_bias = bias is not None or not _has_bias(ctx)
-    held = ctx.output_on_support(relevance[0]) if known_bias else None  # kept by a node: no convolution
-    if held is not None:
-        product = held if bias is None else held - op.bias(bias, held)
+    z = ctx.output_on_support(relevance[0]) if known_bias else None  # kept by a node: no convolution
+    if z is not None:  # f(x, W) only if a rule term needs it
+        product = z if bias is None else (lambda: z - op.bias(bias, z))
     else:
         product = op.forward(x, w)
         if _has_bias(ctx) and bias is None:
             bias = ctx.output() - product
-    z = product if bias is None else product + op.bias(bias, product)
+        z = product if bias is None else product + op.bias(bias, product)
     r_x, absorbed = modified_z(op, x, w, bias, z, relevance[0], ctx.settings.linear, product)
     return RuleResult((r_x, None, None), absorbed)
 
