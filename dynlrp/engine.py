@@ -34,7 +34,7 @@ from .plan import Plan, PlanCache, structure_key
 from .presets import Preset, resolve
 from .record import Recording, find_recording
 from .rules import REGISTRY
-from .rules.common import abs_total, reduce_to_shape, total
+from .rules.common import abs_total, reduce_to_shape, total, wide_total
 from .values import ValueStore
 
 LINEAR_TYPES = frozenset({"AddmmBackward0", "MmBackward0", "BmmBackward0", "ConvolutionBackward0"})
@@ -106,6 +106,11 @@ def _gradient(ctx: NodeContext, relevance) -> RuleResult:
                             else g for slot, g in enumerate(grads)))
 
 
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every element of ``t`` is finite: a finite sum proves it without an elementwise mask."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _check_output(output: Any) -> None:
     if not isinstance(output, torch.Tensor):
         raise NoGraphError(f"explain() needs the output tensor, got {type(output).__name__}; pick the tensor"
@@ -162,8 +167,8 @@ def seed_relevance(output: torch.Tensor, target: Any, seed: str = "value") -> to
             raise TargetError(f"targets {rows.tolist()} are out of range for {classes} outputs")
         rows = rows % classes
         index = rows.view((-1,) + (1,) * (out.dim() - 1)).expand(out.shape[:-1] + (1,))
-    mask = torch.zeros_like(out).scatter_(-1, index, 1.0)
-    return mask * out if seed == "value" else mask
+    # one output-sized tensor: the selected values (or ones) scattered into zeros
+    return torch.zeros_like(out).scatter_(-1, index, out.gather(-1, index) if seed == "value" else 1.0)
 
 
 class _Sweep:
@@ -188,7 +193,7 @@ class _Sweep:
         self.cut_inputs: dict[Edge, torch.Tensor] = {}
         self._find_inputs(inputs)
         for i, tensor in enumerate(list(self.leaf_inputs.values()) + list(self.cut_inputs.values())):
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            if tensor.is_floating_point() and not _finite(tensor):
                 raise InputError(f"input {i} (shape {tuple(tensor.shape)}) is not finite (NaN or Inf): the forward"
                                  " values and any relevance would be meaningless; clean the input first")
         self.index = {node: i for i, node in enumerate(self.graph.order)}
@@ -299,9 +304,13 @@ class _Sweep:
         return missing
 
     # -- the sweep ----------------------------------------------------------------------------
-    def run(self, start: torch.Tensor, output: torch.Tensor) -> Explanation:
+    def run(self, start: torch.Tensor | list[torch.Tensor], output: torch.Tensor) -> Explanation:
+        """The sweep from ``start`` (or a one-element list holding it, emptied here, so that the
+        sweep holds the only reference: an LM's output-sized seed is freed once the root is done)."""
+        start = start.pop() if isinstance(start, list) else start
         graph = self.graph
         ledger = _Ledger()
+        out_entry = ledger.add(wide_total(start))
         pending: dict[Node, list[torch.Tensor | None]] = {}
         sums: dict[Edge, tuple[int, int]] = {}  # ledger entries (sum R, sum |R|) of a slot with one contribution
         input_relevance: dict[int, torch.Tensor] = {}
@@ -315,6 +324,7 @@ class _Sweep:
         else:
             pending[graph.root] = [None] * len(graph.root._input_metadata)
             pending[graph.root][output.output_nr] = start
+        del start
         release = self.store.release
         for node in graph.order:
             relevance = pending.pop(node, None)
@@ -381,7 +391,7 @@ class _Sweep:
             release(node)
         if self.missing:
             raise MissingValueError.listing(list(self.missing.values()))
-        return self._finish(ledger, start, rows, input_relevance, tokens, fallbacks)
+        return self._finish(ledger, out_entry, rows, input_relevance, tokens, fallbacks)
 
     def _settings(self, node: Node, name: str, path: str):
         if self.plan is None:
@@ -412,8 +422,7 @@ class _Sweep:
             raise RuleError(f"rule {info.name} failed on {ctx.type} at {path or '<unknown module>'}: "
                             f"{type(err).__name__}: {err}") from err
 
-    def _finish(self, ledger: _Ledger, start, rows, input_relevance, tokens, fallbacks) -> Explanation:
-        out_entry = ledger.add(start.detach().to(torch.float64).sum())
+    def _finish(self, ledger: _Ledger, out_entry: int, rows, input_relevance, tokens, fallbacks) -> Explanation:
         input_entries = [ledger.add(total(r)) for r in input_relevance.values()]
         input_entries += [ledger.add(total(t.relevance)) for t in tokens]
         values = ledger.values()
@@ -458,9 +467,9 @@ def explain(output: torch.Tensor, target: Any = None, *, rules: str | Preset = "
     """
     _check_output(output)
     preset = resolve(rules)
-    start = seed_relevance(output, target, seed)
+    start = [seed_relevance(output, target, seed)]  # handed over to the sweep (run)
     sweep = _Sweep(output, inputs, preset, module_paths, recording, strict, plans)
-    if not torch.isfinite(output.detach()).all():
+    if not _finite(output.detach()):
         raise NoGraphError("the output contains NaN or Inf; LRP needs finite forward values (check the model's"
                            " inputs, dtype overflow, or -inf masks reaching the output)")
     if strict:

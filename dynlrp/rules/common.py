@@ -58,10 +58,45 @@ def total(t: torch.Tensor) -> torch.Tensor:
     return t.sum(dtype=torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.sum()
 
 
+#: elements per block of :func:`abs_total` and :func:`wide_total` (1 MiB of float32)
+BLOCK = 1 << 18
+
+
+def _blockwise(t: torch.Tensor, reduce, dtype: torch.dtype) -> torch.Tensor:
+    """``sum_k reduce(block_k, buffer)`` over blocks of :data:`BLOCK` elements of a contiguous ``t``,
+    every block written into one ``dtype`` buffer: no temporary of ``t``'s size."""
+    flat = t.view(-1)
+    buffer = torch.empty(BLOCK, dtype=dtype, device=t.device)
+    parts = [reduce(flat[start:start + BLOCK], buffer[:min(BLOCK, flat.numel() - start)])
+             for start in range(0, flat.numel(), BLOCK)]
+    return torch.stack(parts).sum()
+
+
+def _large(t: torch.Tensor) -> bool:
+    return t.numel() > 2 * BLOCK and t.is_contiguous()
+
+
 def abs_total(t: torch.Tensor) -> torch.Tensor:
     """``sum |t|`` (the scale of rounding errors in the ledger), float32 accumulation for half types.
-    ``abs().sum()``: ``torch.linalg.vector_norm(t, 1)`` is about 4x slower on CPU."""
-    return total(t.detach().abs())
+    ``abs().sum()`` (``torch.linalg.vector_norm(t, 1)`` is about 4x slower on CPU), blockwise for
+    large tensors, so that the ledger never allocates a tensor of ``t``'s size (an LM head's
+    relevance is ``tokens x vocabulary``)."""
+    t = t.detach()
+    if not _large(t):
+        return total(t.abs())
+    return _blockwise(t, lambda block, out: total(torch.abs(block, out=out)), t.dtype)
+
+
+def wide_total(t: torch.Tensor) -> torch.Tensor:
+    """``sum t`` accumulated in float64 (the whole-model totals: the seeded relevance is compared with
+    float64 input relevances), blockwise for large tensors: ``t.sum(dtype=float64)`` and a float64
+    copy both allocate a float64 tensor of ``t``'s size on CPU."""
+    t = t.detach()
+    if t.dtype == torch.float64 or not t.is_floating_point():
+        return t.sum(dtype=torch.float64)
+    if not _large(t):
+        return t.to(torch.float64).sum()
+    return _blockwise(t, lambda block, out: out.copy_(block).sum(), torch.float64)
 
 
 def broadcast_total(small: torch.Tensor, big: torch.Tensor) -> torch.Tensor:

@@ -195,12 +195,8 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     whole = 1.0 - sum(g.coef for g in groups if g.select == "all")
     absorbed = {"bias": 0.0, "stabiliser": 0.0, "rule": whole * total(relevance) if whole else 0.0}
     for group in groups:
-        if group.select == "all":
-            r_g = relevance
-        else:
-            # 1 where z > 0 (z < 0), else 0, by arithmetic (a comparison mask is slow on CPU)
-            r_g = relevance * (z.clamp(min=0) if group.select == "pos" else z.clamp(max=0)).sign().abs_()
-        inputs = [_modified_input(term.x, x, spec) for term in group.terms]
+        # modified inputs (x+, x-, bounds) are formed where used, not held through the group (memory)
+        inputs = [lambda kind=term.x: _modified_input(kind, x, spec) for term in group.terms]
         weights = [term.w(w) for term in group.terms]
         big_b = None
         if b is not None:
@@ -211,18 +207,32 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         if group.terms == (PLAIN,):  # the unmodified layer: Z = z
             big_z = z
         else:
-            big_z = None
+            big_z, own = None, False  # own: big_z is a new tensor of this rule (summed into in place)
             for term, xk, wk in zip(group.terms, inputs, weights):
                 if term.x == "x" and term.w is _same and product is not None:
                     product = product() if callable(product) else product
-                    part = product if term.sign == 1.0 else term.sign * product
+                    part, new = (product, False) if term.sign == 1.0 else (term.sign * product, True)
                 else:
-                    part = op.forward(xk, wk) if term.sign == 1.0 else term.sign * op.forward(xk, wk)
-                big_z = part if big_z is None else big_z + part
+                    part, new = op.forward(xk(), wk), True
+                    part = part if term.sign == 1.0 else part.mul_(term.sign)
+                if big_z is None:
+                    big_z, own = part, new
+                else:
+                    big_z, own = (big_z.add_(part) if own else big_z + part), True
             if big_b is not None:
-                big_z = big_z + big_b
+                big_z = big_z.add_(big_b) if own and big_z.shape == torch.broadcast_shapes(
+                    big_z.shape, big_b.shape) else big_z + big_b
+        if group.select == "all":
+            r_g = relevance
+        else:
+            # 1 where z > 0 (z < 0), else 0, by arithmetic (a comparison mask is slow on CPU)
+            r_g = relevance * (z.clamp(min=0) if group.select == "pos" else z.clamp(max=0)).sign_().abs_()
         c, lost = divide(r_g, big_z, spec.epsilon)
+        if group.select != "all":
+            absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
+        r_g = big_z = None  # not needed below: freed before the VJPs (peak memory)
         for term, xk, wk in zip(group.terms, inputs, weights):
+            xk = xk()
             part = op.vjp(xk, wk, c)  # a new tensor: scaled in place
             part = part.mul_(xk) if part.shape == torch.broadcast_shapes(part.shape, xk.shape) else part * xk
             factor = group.coef * term.sign
@@ -231,8 +241,6 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         if big_b is not None:
             absorbed["bias"] = absorbed["bias"] + group.coef * broadcast_total(big_b, c)
         absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * lost
-        if group.select != "all":
-            absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
     return r_x, absorbed
 
 
