@@ -63,3 +63,11 @@ def test_post_hoc_and_recorded_paths_agree(result, request):
     else:
         assert audit["paths_agree"] is not None
         assert audit["paths_agree"] <= request.config.getoption("--tolerance"), audit["paths_agree"]
+
+
+def test_freeing_the_graph_behind_the_sweep_changes_nothing(result):
+    """``explain(..., retain_graph=False)`` frees each node's saved tensors once no rule can read them
+    any more; no rule may then find one gone, and the relevance is bit for bit the same."""
+    audit = _audited(result)
+    assert result["status"] != "audit_error", result["error"]
+    assert audit["freed_agrees"] == 0.0, audit["freed_agrees"]

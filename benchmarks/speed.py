@@ -25,7 +25,9 @@ Protocol.
   ``forward``               the forward under ``torch.no_grad()``
   ``fwd_bwd``               forward + ``torch.autograd.grad(target scores, x)`` (Gradient x Input; only the
                             input gradient is computed, parameters keep ``requires_grad``)
-  ``dynlrp:<preset>``       forward + ``dynlrp.explain(scores, target, rules=preset, inputs=[x])``; the forward
+  ``dynlrp:<preset>``       forward + ``dynlrp.explain(scores, target, rules=preset, inputs=[x], retain_graph=False)``
+                            (saved tensors freed behind the sweep, as ``autograd.grad`` frees them;
+                            ``--retain-graph on``: the default ``explain``, which only reads the graph); the forward
                             runs inside ``dynlrp.record()`` where the graph lacks forward values
                             (``--record auto``, decided on the zoo's tiny build: Flan-T5's masks), which the
                             ``note`` column says
@@ -189,6 +191,7 @@ class Case:
     record: str = "auto"  # dynlrp's forward in dynlrp.record(): "auto" (where the graph lacks values), always, never
     nodes: int = 0
     merge_batch_norm: bool = True  # dynlrp presets merge batch norm into the convolution before it (as zennit)
+    retain_graph: bool = False  # dynlrp's explain(retain_graph=...): False frees saved tensors behind the sweep
 
     @property
     def info(self) -> CaseInfo:
@@ -322,7 +325,8 @@ def _dynlrp(case: Case, preset: str, stack: contextlib.ExitStack) -> Run:
         x = case.leaf()
         with dynlrp.record() if record else contextlib.nullcontext():
             out = case.scores(x)
-        return dynlrp.explain(out, target=case.target, rules=rules, inputs=[x]).relevance(x)
+        return dynlrp.explain(out, target=case.target, rules=rules, inputs=[x],
+                              retain_graph=case.retain_graph).relevance(x)
     run.note = "forward in dynlrp.record()" if record else ""
     return run
 
@@ -616,7 +620,8 @@ def probe_command(args: argparse.Namespace, model: str, method: str) -> list[str
 
 
 #: options that a probe or the LXT-env process takes over from this run
-SHARED_OPTIONS = ("size", "batch", "tokens", "image_size", "attn", "device", "record", "merge_batch_norm", "threads")
+SHARED_OPTIONS = ("size", "batch", "tokens", "image_size", "attn", "device", "record", "merge_batch_norm",
+                  "retain_graph", "threads")
 
 
 def shared_options(args: argparse.Namespace) -> list[str]:
@@ -634,6 +639,7 @@ def case_from_args(args: argparse.Namespace, name: str, count_nodes: bool = True
     case = build_case(name, size=args.size, batch=args.batch, tokens=args.tokens, image_size=args.image_size,
                       attn=args.attn, device=args.device, record=args.record, count_nodes=count_nodes)
     case.merge_batch_norm = getattr(args, "merge_batch_norm", "on") == "on"
+    case.retain_graph = getattr(args, "retain_graph", "off") == "on"
     return case
 
 
@@ -988,6 +994,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row] | None:
     parser.add_argument("--merge-batch-norm", default="on", choices=("on", "off"),
                         help="dynlrp presets merge each batch norm into the convolution before it (zennit's"
                              " ResNetCanonizer does the same); off: batch norm as its own epsilon layer")
+    parser.add_argument("--retain-graph", default="off", choices=("off", "on"),
+                        help="dynlrp's explain(retain_graph=...): off frees each node's saved tensors once the"
+                             " sweep no longer needs them (as autograd.grad does); on only reads the graph")
     parser.add_argument("--record", default="auto", choices=("auto", "always", "never"),
                         help="dynlrp's forward inside dynlrp.record(): auto = where the graph lacks values")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

@@ -97,6 +97,7 @@ class AuditReport:
     record_values: list[str] = field(default_factory=list)  # what record() must keep: "NodeType input k at module"
     paths_agree: float | None = None  # max |post hoc - recorded| / max |recorded| of the input relevance
     record_nbytes: int = 0  # bytes the plain record() block kept (shared storages such as parameters included)
+    freed_agrees: float | None = None  # the same, explained with retain_graph=False (saved tensors freed behind)
     missing_details: dict[str, MissingNode] = field(default_factory=dict)  # panel data per missing node type
     explanation: Explanation | None = field(default=None, repr=False, compare=False)
 
@@ -239,7 +240,8 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
     activations against the recorded forward, and whether ``backward()`` still works afterwards.
     Both paths are run: post hoc (graph only) and from a plain ``record()`` of the forward. Where the
     graph lacks a value, ``needs_record`` says so and ``record_values`` lists each one (node, operand,
-    module); where both run, ``paths_agree`` is their largest relative difference. The explanation
+    module); where both run, ``paths_agree`` is their largest relative difference; ``freed_agrees``:
+    the same against ``explain(..., retain_graph=False)``, run last (it frees the graph). The explanation
     returned is the post-hoc one where that is exact, else the recorded one.
     """
     label = name or type(model).__name__
@@ -280,18 +282,28 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
                 error = f"{type(err).__name__} (inside record()): {err}"
     activations = check_activations(graph, recording)
     record_nbytes = plain.nbytes
-    recording.clear()
     backward_ok = None
     try:
-        out.sum().backward()
+        out.sum().backward(retain_graph=True)
         backward_ok = True
     except RuntimeError as err:
         backward_ok, error = False, error or f"backward after explain failed: {err}"
+    freed_agrees = None
+    if exp is not None and backward_ok:  # last: it frees the graph
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MissingRuleWarning)
+            try:
+                freed = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths,
+                                recording=plain if needs_record else False, retain_graph=False)
+                freed_agrees = _agreement(freed, exp, inputs)
+            except DynLRPError as err:
+                error = error or f"{type(err).__name__} (retain_graph=False): {err}"
+    recording.clear()
     return AuditReport(
         model=label, coverage=coverage, nodes=len(graph), missing=missing,
         ops=_op_stats(graph, paths, exp),
         conservation=asdict(exp.conservation) if exp else None,
         promises=({**asdict(exp.promises), "rho": exp.promises.rho} if exp else None),
         activations=activations, backward_ok=backward_ok, error=error, needs_record=needs_record,
-        record_values=record_values, paths_agree=agree, record_nbytes=record_nbytes,
+        record_values=record_values, paths_agree=agree, record_nbytes=record_nbytes, freed_agrees=freed_agrees,
         missing_details=missing_details, explanation=exp)

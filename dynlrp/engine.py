@@ -4,7 +4,9 @@ Each node with relevance is visited exactly once, after all of its consumers; it
 relevance of its outputs to its input slots. Relevance sent to an operand outside the graph is
 booked as absorbed ``constant``; to an operand that depends on no explained input (a parameter
 subgraph), as absorbed ``parameter``. Forward values come from the Promise System
-(:mod:`dynlrp.values`). The graph is only read: ``out.backward()`` still works afterwards.
+(:mod:`dynlrp.values`). By default the graph is only read: ``out.backward()`` still works afterwards;
+with ``retain_graph=False`` each node's saved tensors are freed as soon as no rule can read them
+any more, as autograd's own backward does (peak memory).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from .presets import Preset, resolve
 from .record import Recording, find_recording
 from .rules import REGISTRY
 from .rules.common import abs_total, reduce_to_shape, total, wide_total
-from .values import ValueStore
+from .saved import release_schedule
+from .values import SHAPE_REACH, ValueStore
 
 LINEAR_TYPES = frozenset({"AddmmBackward0", "MmBackward0", "BmmBackward0", "ConvolutionBackward0"})
 FALLBACK = "fallback:gradient"
@@ -304,10 +307,14 @@ class _Sweep:
         return missing
 
     # -- the sweep ----------------------------------------------------------------------------
-    def run(self, start: torch.Tensor | list[torch.Tensor], output: torch.Tensor) -> Explanation:
+    def run(self, start: torch.Tensor | list[torch.Tensor], output: torch.Tensor,
+            retain_graph: bool = True) -> Explanation:
         """The sweep from ``start`` (or a one-element list holding it, emptied here, so that the
-        sweep holds the only reference: an LM's output-sized seed is freed once the root is done)."""
+        sweep holds the only reference: an LM's output-sized seed is freed once the root is done).
+        ``retain_graph=False``: saved tensors are freed behind the sweep (:meth:`ValueStore.free_graph`)."""
         start = start.pop() if isinstance(start, list) else start
+        if not retain_graph:
+            self.store.free_graph(self._release_schedule())
         graph = self.graph
         ledger = _Ledger()
         out_entry = ledger.add(wide_total(start))
@@ -393,6 +400,16 @@ class _Sweep:
             raise MissingValueError.listing(list(self.missing.values()))
         return self._finish(ledger, out_entry, rows, input_relevance, tokens, fallbacks)
 
+    def _release_schedule(self) -> dict[int, list[int]]:
+        if self.plan is not None and self.plan.release is not None:
+            return self.plan.release
+        rules, data = REGISTRY.rules, self.data
+        schedule = release_schedule(self.graph, lambda n: getattr(rules.get(node_type(n)), "family", "") == "shape",
+                                    SHAPE_REACH, lambda n: data[n])
+        if self.plan is not None:
+            self.plan.release = schedule
+        return schedule
+
     def _settings(self, node: Node, name: str, path: str):
         if self.plan is None:
             return self.preset.settings_for(name, path or None, node in self.first)
@@ -453,7 +470,8 @@ class _Sweep:
 def explain(output: torch.Tensor, target: Any = None, *, rules: str | Preset = "epsilon",
             inputs: Sequence[torch.Tensor] | None = None, seed: str = "value", strict: bool = False,
             module_paths: Mapping[Node, str] | None = None,
-            recording: Recording | bool | None = None, plans: PlanCache | None = None) -> Explanation:
+            recording: Recording | bool | None = None, plans: PlanCache | None = None,
+            retain_graph: bool = True) -> Explanation:
     """Explain ``output`` with LRP over its autograd graph; the model is not touched.
 
     ``target``: see :func:`seed_relevance` (None = argmax, int, one int per row, or a relevance
@@ -464,6 +482,9 @@ def explain(output: torch.Tensor, target: Any = None, *, rules: str | Preset = "
     ``module_paths``: node -> module path (filled in by :func:`dynlrp.audit`). ``recording``: the
     values of a ``dynlrp.record()`` block (``None``: found automatically; ``False``: post hoc only).
     ``plans``: a :class:`dynlrp.PlanCache`; graphs of a structure seen before reuse its promise plan.
+    ``retain_graph``: ``False`` frees each node's saved tensors once the sweep no longer needs them
+    (lower peak memory, as ``backward()``); the graph can then not be explained or differentiated
+    again (:class:`GraphFreedError`).
     """
     _check_output(output)
     preset = resolve(rules)
@@ -481,4 +502,4 @@ def explain(output: torch.Tensor, target: Any = None, *, rules: str | Preset = "
         warnings.warn(f"the forward ran in train mode ({len(train)} nodes: {sorted(set(train))}); call model.eval()"
                       " before the forward to explain the model as deployed", TrainModeWarning, stacklevel=2)
     with torch.no_grad():
-        return sweep.run(start, output)
+        return sweep.run(start, output, retain_graph)

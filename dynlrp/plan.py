@@ -36,6 +36,7 @@ class Plan:
     settings: dict[int, Any] = field(default_factory=dict)
     sources: dict[tuple[int, int], Source] = field(default_factory=dict)
     chains: dict[tuple[int, int], list[tuple[int, int]]] = field(default_factory=dict)  # value -> steps, bottom-up
+    release: dict[int, list[int]] | None = None  # explain(retain_graph=False): when saved tensors are freed
     uses: int = 0
 
 

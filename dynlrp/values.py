@@ -18,7 +18,7 @@ import torch
 
 from .errors import MissingValueError
 from .graph import Edge, Graph, Node, call_backward, node_type
-from .saved import read_saved
+from .saved import read_saved, release_saved
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 
 #: nodes whose output holds the input's elements in the same order, only in another shape
 RESHAPES = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"})
+#: how many levels of routing consumers :meth:`ValueStore._routed` gathers a value back through
+ROUTE_DEPTH = 8
+#: the longest run of shape nodes between a node whose saved tensor the store reads and the edge it
+#: reads it for: the routing levels, then a consumer's saved input read across a reshape
+SHAPE_REACH = ROUTE_DEPTH + 2
 
 
 class NeedValue(Exception):  # noqa: N818 - control flow, not an error
@@ -77,6 +82,7 @@ class ValueStore:
         self._generating: set[Node] = set()
         self._replayed: set[Node] = set()
         self._passed: set[Node] = set()  # nodes the sweep has passed (release): their values are not kept
+        self._frees: dict[int, list[int]] = {}  # free_graph: position -> nodes whose saved tensors go then
 
     # -- public -------------------------------------------------------------------------------
     def input_value(self, node: Node, slot: int) -> torch.Tensor:
@@ -118,7 +124,7 @@ class ValueStore:
         projection split into the three tensors attention saved."""
         node, nr = edge
         consumers = [(c, slot) for c, slot, out_nr in self.graph.consumers.get(node, ()) if out_nr == nr]
-        if depth > 8 or not consumers or any(
+        if depth > ROUTE_DEPTH or not consumers or any(
                 self.registry.rules.get(node_type(c)) is None or self.registry.rules[node_type(c)].family != "shape"
                 or not callable(c) for c, _ in consumers):
             return None
@@ -174,6 +180,15 @@ class ValueStore:
             for nr in range(len(node._input_metadata)):
                 if self.memo.pop((node, nr), None) is not None:
                     self.depth.pop((node, nr), None)
+        if self._frees:
+            order = self.graph.order
+            for pos in self._frees.pop(self.index[node], ()):
+                release_saved(order[pos])
+
+    def free_graph(self, schedule: dict[int, list[int]]) -> None:
+        """From now on :meth:`release` also frees the graph's saved tensors: at each sweep position,
+        those of the nodes ``schedule`` lists for it (:func:`dynlrp.saved.release_schedule`)."""
+        self._frees = dict(schedule)
 
     def output_value(self, node: Node, nr: int = 0) -> torch.Tensor:
         """The forward value of ``node``'s output ``nr``."""
