@@ -226,7 +226,9 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
             r_g = relevance
         else:
             # 1 where z > 0 (z < 0), else 0, by arithmetic (a comparison mask is slow on CPU)
-            r_g = relevance * (z.clamp(min=0) if group.select == "pos" else z.clamp(max=0)).sign_().abs_()
+            mask = (z.clamp(min=0) if group.select == "pos" else z.clamp(max=0)).sign_().abs_()
+            r_g = mask.mul_(relevance) if mask.shape == relevance.shape and mask.dtype == relevance.dtype else (
+                relevance * mask)  # in the mask's buffer: one output-sized temporary, not two
         c, lost = divide(r_g, big_z, spec.epsilon)
         if group.select != "all":
             absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
