@@ -124,8 +124,13 @@ class Dense:
     bound_shape: tuple[int, ...]  # for ZBox low/high (broadcast against the data operand)
 
 
-def _linear(bias: bool, batch: tuple[int, ...], record: bool = False, frozen: bool = False) -> Dense:
-    x = torch.randn(*batch, 5)
+def _signed(x: torch.Tensor, sign: int) -> torch.Tensor:
+    """``x`` made sign-definite (``sign`` +1: >= 0, as after a ReLU; -1: <= 0; 0: as it is)."""
+    return x.abs() * sign if sign else x
+
+
+def _linear(bias: bool, batch: tuple[int, ...], record: bool = False, frozen: bool = False, sign: int = 0) -> Dense:
+    x = _signed(torch.randn(*batch, 5), sign)
     if batch:
         x.view(-1, 5)[1] = 0.0  # a zero row: z = b (or exactly 0 without bias, sign(0) = +1)
     x.requires_grad_(True)
@@ -174,6 +179,9 @@ DENSE: dict[str, tuple[str, Callable[[], Dense]]] = {
     "linear2d_bias": ("AddmmBackward0", partial(_linear, True, (4,))),
     "linear2d_nobias": ("MmBackward0", partial(_linear, False, (4,))),
     "linear3d_bias": ("AddmmBackward0", partial(_linear, True, (2, 3))),
+    # sign-definite inputs: the rules skip the terms of x- (x+) there, exactly
+    "linear_nonnegative_input": ("AddmmBackward0", partial(_linear, True, (4,), sign=1)),
+    "linear_nonpositive_input": ("AddmmBackward0", partial(_linear, True, (4,), sign=-1)),
     "linear3d_nobias": ("MmBackward0", partial(_linear, False, (2, 3))),
     "linear1d_nobias": ("MmBackward0", partial(_linear, False, ())),  # ends in squeeze_(-1)
     "linear1d_bias": ("AddmmBackward0", partial(_linear, True, ())),
@@ -338,6 +346,7 @@ class Conv:
     frozen: bool = False
     size: int = 5
     batch: int = 2
+    sign: int = 0  # the input made sign-definite (``_signed``)
 
     def module(self) -> nn.Module:
         cls = [[nn.Conv1d, nn.Conv2d, nn.Conv3d], [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d]]
@@ -358,6 +367,8 @@ class Conv:
 CONVS = {c.name: c for c in [
     Conv("conv1d", 1, 3, 4, 3, stride=2, padding=1, dilation=2, size=9),
     Conv("conv2d", 2, 3, 4, 3),
+    Conv("conv2d_nonnegative_input", 2, 3, 4, 3, padding=1, sign=1),
+    Conv("conv2d_nonpositive_input_nobias", 2, 3, 4, 3, bias=False, sign=-1),
     Conv("conv2d_strided_padded_nobias", 2, 3, 4, 3, stride=2, padding=1, bias=False, size=6),
     Conv("conv2d_dilated_grouped", 2, 4, 6, 2, dilation=2, groups=2, padding=1),
     Conv("conv2d_depthwise", 2, 3, 6, 3, groups=3, padding=1, size=4),
@@ -375,7 +386,7 @@ def _conv_case(cfg: Conv) -> Dense:
     conv = cfg.module()
     if cfg.frozen:
         conv.requires_grad_(False)
-    x = leaf(cfg.batch, cfg.cin, *(cfg.size,) * cfg.dim)
+    x = _signed(torch.randn(cfg.batch, cfg.cin, *(cfg.size,) * cfg.dim), cfg.sign).requires_grad_(True)
     out = forward(lambda: conv(x), record=cfg.frozen)
     weight = conv.weight.detach()
     matrix = ref.jacobian(lambda t: cfg.functional(t, weight), x)

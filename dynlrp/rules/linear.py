@@ -170,13 +170,27 @@ def _conv_op(ctx: NodeContext) -> BilinearOp:
     return BilinearOp(forward, vjp, bias)
 
 
-def _modified_input(kind: str, x: torch.Tensor, spec: LinearRule) -> torch.Tensor:
+def _input_sign(x: torch.Tensor) -> int:
+    """+1 if every element of ``x`` is >= 0 (e.g. after a ReLU), -1 if every one is <= 0, else 0
+    (also for NaN). One min/max reduction."""
+    if x.numel() == 0 or not x.dtype.is_floating_point:
+        return 0
+    low, high = (float(v) for v in torch.aminmax(x))
+    return 1 if low >= 0 else -1 if high <= 0 else 0
+
+
+def _vanishes(kind: str, sign: int) -> bool:
+    """Whether the modified input ``kind`` is exactly zero for an input of sign ``sign``."""
+    return (kind == "neg" and sign > 0) or (kind == "pos" and sign < 0)
+
+
+def _modified_input(kind: str, x: torch.Tensor, spec: LinearRule, sign: int = 0) -> torch.Tensor:
     if kind == "x":
         return x
     if kind == "pos":
-        return x.clamp(min=0)
+        return x if sign > 0 else x.clamp(min=0)
     if kind == "neg":
-        return x.clamp(max=0)
+        return x if sign < 0 else x.clamp(max=0)
     if kind == "ones":
         return torch.ones_like(x)
     bound = spec.low if kind == "low" else spec.high
@@ -191,13 +205,17 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     it (called only if a group needs it); the unmodified term is then not recomputed."""
     r_x = None
     groups = GROUPS[spec.kind](spec)
+    # a sign-definite input (x >= 0 after a ReLU): x+ is x itself and x- is 0, so the terms of x- add
+    # exactly nothing to Z_g or R_x and are skipped (their biases stay). Halves gamma / z+ / alpha-beta.
+    sign = _input_sign(x) if any(t.x in ("pos", "neg") for g in groups for t in g.terms) else 0
     # rule = sum R - sum_g c_g sum R_g: groups that select all outputs contribute c_g sum R
     whole = 1.0 - sum(g.coef for g in groups if g.select == "all")
     absorbed = {"bias": 0.0, "stabiliser": 0.0, "rule": whole * total(relevance) if whole else 0.0}
     for group in groups:
         # modified inputs (x+, x-, bounds) are formed where used, not held through the group (memory)
-        inputs = [lambda kind=term.x: _modified_input(kind, x, spec) for term in group.terms]
-        weights = [term.w(w) for term in group.terms]
+        live = [term for term in group.terms if not _vanishes(term.x, sign)] or list(group.terms)
+        inputs = [lambda kind=term.x: _modified_input(kind, x, spec, sign) for term in live]
+        weights = [term.w(w) for term in live]
         big_b = None
         if b is not None:
             for term in group.terms:
@@ -208,7 +226,7 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
             big_z = z
         else:
             big_z, own = None, False  # own: big_z is a new tensor of this rule (summed into in place)
-            for term, xk, wk in zip(group.terms, inputs, weights):
+            for term, xk, wk in zip(live, inputs, weights):
                 if term.x == "x" and term.w is _same and product is not None:
                     product = product() if callable(product) else product
                     part, new = (product, False) if term.sign == 1.0 else (term.sign * product, True)
@@ -233,7 +251,7 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         if group.select != "all":
             absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
         r_g = big_z = None  # not needed below: freed before the VJPs (peak memory)
-        for term, xk, wk in zip(group.terms, inputs, weights):
+        for term, xk, wk in zip(live, inputs, weights):
             xk = xk()
             part = op.vjp(xk, wk, c)  # a new tensor: scaled in place
             part = part.mul_(xk) if part.shape == torch.broadcast_shapes(part.shape, xk.shape) else part * xk
