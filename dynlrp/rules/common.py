@@ -16,13 +16,22 @@ def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     return torch.add(z, unit_sign(z), alpha=epsilon)
 
 
+def broadcasts_into(shape: torch.Size | tuple[int, ...], target: torch.Size | tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts against one of ``target`` to ``target`` (an in-place op
+    on the ``target`` tensor keeps its shape). Plain Python: ``torch.broadcast_shapes`` costs ~50 us."""
+    if shape == target:
+        return True
+    return len(shape) <= len(target) and all(
+        have in (1, want) for have, want in zip(reversed(shape), reversed(target)))
+
+
 def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c, stabiliser)``: ``c = R / s(z)`` and the stabiliser's share ``sum (s - z) c`` (what the
     stabiliser keeps from the inputs), computed with ``s - z`` as rounded, in two buffers."""
     sign = unit_sign(z)
     s = torch.add(z, sign, alpha=epsilon)
     lost = torch.sub(s, z, out=sign) if sign.shape == s.shape else s - z
-    c = torch.div(relevance, s, out=s) if s.shape == torch.broadcast_shapes(s.shape, relevance.shape) and (
+    c = torch.div(relevance, s, out=s) if broadcasts_into(relevance.shape, s.shape) and (
         s.dtype == torch.promote_types(s.dtype, relevance.dtype)) else relevance / s
     return c, dot(lost, c)
 
@@ -102,7 +111,7 @@ def wide_total(t: torch.Tensor) -> torch.Tensor:
 def broadcast_total(small: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
     """``total(small * big)`` for ``small`` broadcasting against ``big`` (a bias against the output):
     ``big`` is first summed down to ``small``'s shape, so no output-sized product is formed."""
-    if small.dim() > big.dim() or torch.broadcast_shapes(small.shape, big.shape) != big.shape:
+    if not broadcasts_into(small.shape, big.shape):
         return total(small * big)
     return total(small * reduce_to_shape(big, small.shape))
 

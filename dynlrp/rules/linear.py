@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import broadcast_total, divide, total
+from .common import broadcast_total, broadcasts_into, divide, total
 from .normalization import batch_norm_affine, batch_norm_after
 from .registry import replay, rule, saved_values
 
@@ -238,8 +238,7 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
                 else:
                     big_z, own = (big_z.add_(part) if own else big_z + part), True
             if big_b is not None:
-                big_z = big_z.add_(big_b) if own and big_z.shape == torch.broadcast_shapes(
-                    big_z.shape, big_b.shape) else big_z + big_b
+                big_z = big_z.add_(big_b) if own and broadcasts_into(big_b.shape, big_z.shape) else big_z + big_b
         if group.select == "all":
             r_g = relevance
         else:
@@ -254,7 +253,7 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         for term, xk, wk in zip(live, inputs, weights):
             xk = xk()
             part = op.vjp(xk, wk, c)  # a new tensor: scaled in place
-            part = part.mul_(xk) if part.shape == torch.broadcast_shapes(part.shape, xk.shape) else part * xk
+            part = part.mul_(xk) if broadcasts_into(xk.shape, part.shape) else part * xk
             factor = group.coef * term.sign
             part = part if factor == 1.0 else part.mul_(factor)
             r_x = part if r_x is None else r_x.add_(part)
@@ -411,6 +410,12 @@ def convolution(ctx: NodeContext, relevance):
     return RuleResult((r_x, None, None), absorbed)
 
 
+def _output_scaled(op: BilinearOp, a: torch.Tensor) -> BilinearOp:
+    """``op`` for the weights ``a W`` (``a`` per output channel, broadcasting against ``z``), given ``W``:
+    ``f(x, a W) = a f(x, W)``, ``f_x^T(a W, g) = f_x^T(W, a g)``."""
+    return BilinearOp(lambda x, w: a * op.forward(x, w), lambda x, w, g: op.vjp(x, w, a * g), op.bias)
+
+
 def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: NodeContext, relevance) -> RuleResult:
     """The convolution and the batch norm after it as one layer ``y = conv(x, a W) + (a b + c)``."""
     z, a, c = batch_norm_affine(norm)  # z: this convolution's output, saved by the batch norm
@@ -419,10 +424,15 @@ def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: Node
         bias = z - raw
     else:
         raw = z if bias is None else z - op.bias(bias, z)
-    w = w * a.reshape((-1,) + (1,) * (w.dim() - 1))
     merged = c if bias is None else a * op.bias(bias, z) + c
     y = torch.addcmul(merged, a, raw)
-    r_x, absorbed = modified_z(op, x, w, merged, y, relevance, ctx.settings.linear, lambda: a * raw)
+    spec = ctx.settings.linear
+    if y.numel() < w.numel() and all(t.w is _same for g in GROUPS[spec.kind](spec) for t in g.terms):
+        # W' = a W enters only as f_x^T(W', g) = f_x^T(W, a g): scale the (smaller) output instead
+        op = _output_scaled(op, a)
+    else:
+        w = w * a.reshape((-1,) + (1,) * (w.dim() - 1))
+    r_x, absorbed = modified_z(op, x, w, merged, y, relevance, spec, lambda: a * raw)
     return RuleResult((r_x, None, None), absorbed)
 
 
