@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: nodes whose output holds the input's elements in the same order, only in another shape
 RESHAPES = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"})
+#: nodes whose output holds exactly the input's elements, rearranged: the backward (``J^T``) inverts them
+REARRANGES = RESHAPES | {"TransposeBackward0", "TransposeBackward1", "PermuteBackward0", "TBackward0"}
 #: how many levels of routing consumers :meth:`ValueStore._routed` gathers a value back through
 ROUTE_DEPTH = 8
 #: the longest run of shape nodes between a node whose saved tensor the store reads and the edge it
@@ -82,6 +84,7 @@ class ValueStore:
         self._generating: set[Node] = set()
         self._replayed: set[Node] = set()
         self._passed: set[Node] = set()  # nodes the sweep has passed (release): their values are not kept
+        self._derived: set[Edge] = set()  # memo entries entered by derive (passed back through reshapes)
         self._frees: dict[int, list[int]] = {}  # free_graph: position -> nodes whose saved tensors go then
 
     # -- public -------------------------------------------------------------------------------
@@ -162,12 +165,14 @@ class ValueStore:
         """Enter a value a rule derived from held ones (e.g. an addend as ``z - other``), exact up
         to the rounding of that derivation, so that its producer does not recompute it."""
         self.memo[edge], self.depth[edge] = value.detach(), 0
+        self._derived.add(edge)
         self.stats.derived += 1
 
     def forget(self, edge: Edge) -> None:
         """Drop a derived value again (its producer then recomputes it exactly)."""
         if self.memo.pop(edge, None) is not None:
             self.depth.pop(edge, None)
+            self._derived.discard(edge)
             self.stats.derived -= 1
 
     def release(self, node: Node) -> None:
@@ -178,12 +183,34 @@ class ValueStore:
         self._passed.add(node)
         if self.memo:
             for nr in range(len(node._input_metadata)):
-                if self.memo.pop((node, nr), None) is not None:
+                value = self.memo.pop((node, nr), None)
+                if value is not None:
                     self.depth.pop((node, nr), None)
+                    if (node, nr) in self._derived:
+                        self._derived.discard((node, nr))
+                        self._pass_back(node, value)
         if self._frees:
             order = self.graph.order
             for pos in self._frees.pop(self.index[node], ()):
                 release_saved(order[pos])
+
+    def _pass_back(self, node: Node, value: torch.Tensor) -> None:
+        """A derived output of a reshape or transpose the sweep passes gives its input's value (its
+        backward applied to it, exact for a rearrangement): kept for the producer (e.g. a linear
+        layer's ``x W^T + b`` before the view to ``B x T x D``, derived from a residual sum), which
+        would otherwise recompute it."""
+        if node_type(node) not in REARRANGES or len(node._input_metadata) != 1:
+            return
+        edge = self.graph.edges[node][0]
+        child = edge[0]
+        if child is None or edge in self.memo or child in self._passed:
+            return
+        meta = child._input_metadata[edge[1]]
+        if meta.dtype == value.dtype and math.prod(meta.shape) == value.numel():
+            back = call_backward(node, [value])[0]
+            if back is not None and tuple(back.shape) == tuple(meta.shape):
+                self.memo[edge], self.depth[edge] = back, 0
+                self._derived.add(edge)
 
     def free_graph(self, schedule: dict[int, list[int]]) -> None:
         """From now on :meth:`release` also frees the graph's saved tensors: at each sweep position,

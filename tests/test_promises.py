@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import dynlrp
 from dynlrp.audit import check_activations
@@ -228,6 +229,53 @@ def test_residual_branch_output_derived_from_the_sum(scale, kept):
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     exp = dynlrp.explain(model(x), inputs=[x], recording=False)
     assert exp.promises.derived == kept
+    with dynlrp.record(outputs=True):
+        out = model(x)
+    reference = dynlrp.explain(out, inputs=[x])
+    torch.testing.assert_close(exp.relevance(x), reference.relevance(x), rtol=1e-10, atol=1e-14)
+    assert max(row.error for row in exp.nodes) < 1e-10
+
+
+class _MatmulCount(TorchDispatchMode):
+    """Counts the matrix products (mm, addmm) run while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm)
+        return func(*args, **(kwargs or {}))
+
+
+class _SequenceResidual(nn.Module):
+    """``z = x + W LN(x)`` on ``B x T x D`` (the linear layer: view, addmm, view), the branch in
+    ``T x B x D`` and transposed back when ``transposed`` (as ``nn.MultiheadAttention``'s output)."""
+
+    def __init__(self, transposed: bool):
+        super().__init__()
+        self.ln1, self.lin, self.ln2, self.head = nn.LayerNorm(6), nn.Linear(6, 6), nn.LayerNorm(6), nn.Linear(6, 3)
+        self.transposed = transposed
+
+    def forward(self, x):
+        h = self.ln1(x)
+        branch = self.lin(h.transpose(0, 1)).transpose(0, 1) if self.transposed else self.lin(h)
+        return self.head(self.ln2(x + branch)[:, -1])
+
+
+@pytest.mark.parametrize("transposed,derived", [(False, 1), (True, 2)])  # transposed: mm, then the bias add
+def test_derived_branch_output_passes_back_through_views_and_transposes(transposed, derived):
+    """The branch output derived by the add rule reaches the linear layer through the view (and
+    transpose) between them: its rule runs one matrix product (the VJP), not a second one to
+    recompute ``x W^T``; the relevance matches the all-values recording."""
+    torch.manual_seed(0)
+    model = _SequenceResidual(transposed).double().eval()
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    out = model(x)
+    with _MatmulCount() as products:
+        exp = dynlrp.explain(out, inputs=[x], recording=False)
+    assert exp.promises.derived == derived
+    assert products.count == 2  # the VJPs of the two linear layers
     with dynlrp.record(outputs=True):
         out = model(x)
     reference = dynlrp.explain(out, inputs=[x])
