@@ -129,12 +129,18 @@ def _signed(x: torch.Tensor, sign: int) -> torch.Tensor:
     return x.abs() * sign if sign else x
 
 
-def _linear(bias: bool, batch: tuple[int, ...], record: bool = False, frozen: bool = False, sign: int = 0) -> Dense:
+def _linear(bias: bool, batch: tuple[int, ...], record: bool = False, frozen: bool = False, sign: int = 0,
+            out_sign: int = 0) -> Dense:
+    """``out_sign``: with ``sign=1``, weights and bias of that sign, so that every output has it."""
     x = _signed(torch.randn(*batch, 5), sign)
     if batch:
         x.view(-1, 5)[1] = 0.0  # a zero row: z = b (or exactly 0 without bias, sign(0) = +1)
     x.requires_grad_(True)
     lin = nn.Linear(5, 3, bias=bias)
+    if out_sign:
+        with torch.no_grad():
+            for p in lin.parameters():
+                p.copy_(_signed(p, out_sign))
     if frozen:
         lin.requires_grad_(False)
     out = forward(lambda: lin(x), record)
@@ -182,6 +188,9 @@ DENSE: dict[str, tuple[str, Callable[[], Dense]]] = {
     # sign-definite inputs: the rules skip the terms of x- (x+) there, exactly
     "linear_nonnegative_input": ("AddmmBackward0", partial(_linear, True, (4,), sign=1)),
     "linear_nonpositive_input": ("AddmmBackward0", partial(_linear, True, (4,), sign=-1)),
+    # sign-definite outputs: the groups that select the other sign (gamma) select nothing and are skipped
+    "linear_nonnegative_output": ("AddmmBackward0", partial(_linear, True, (4,), sign=1, out_sign=1)),
+    "linear_nonpositive_output": ("AddmmBackward0", partial(_linear, True, (4,), sign=1, out_sign=-1)),
     "linear3d_nobias": ("MmBackward0", partial(_linear, False, (2, 3))),
     "linear1d_nobias": ("MmBackward0", partial(_linear, False, ())),  # ends in squeeze_(-1)
     "linear1d_bias": ("AddmmBackward0", partial(_linear, True, ())),

@@ -25,12 +25,18 @@ def broadcasts_into(shape: torch.Size | tuple[int, ...], target: torch.Size | tu
         have in (1, want) for have, want in zip(reversed(shape), reversed(target)))
 
 
-def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float,
+           overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c, stabiliser)``: ``c = R / s(z)`` and the stabiliser's share ``sum (s - z) c`` (what the
-    stabiliser keeps from the inputs), computed with ``s - z`` as rounded, in two buffers."""
+    stabiliser keeps from the inputs), computed with ``s - z`` as rounded, in two buffers.
+    ``overwrite``: ``z`` is the caller's own temporary, and its buffer takes ``s - z`` (one buffer)."""
     sign = unit_sign(z)
-    s = torch.add(z, sign, alpha=epsilon)
-    lost = torch.sub(s, z, out=sign) if sign.shape == s.shape else s - z
+    if overwrite and z.is_floating_point() and not z.requires_grad:
+        s = torch.add(z, sign, alpha=epsilon, out=sign)
+        lost = torch.sub(s, z, out=z)
+    else:
+        s = torch.add(z, sign, alpha=epsilon)
+        lost = torch.sub(s, z, out=sign) if sign.shape == s.shape else s - z
     c = torch.div(relevance, s, out=s) if broadcasts_into(relevance.shape, s.shape) and (
         s.dtype == torch.promote_types(s.dtype, relevance.dtype)) else relevance / s
     return c, dot(lost, c)

@@ -180,7 +180,8 @@ def _input_sign(x: torch.Tensor) -> int:
 
 
 def _vanishes(kind: str, sign: int) -> bool:
-    """Whether the modified input ``kind`` is exactly zero for an input of sign ``sign``."""
+    """Whether the modified input (or output selection) ``kind`` is exactly zero for a tensor of
+    sign ``sign``."""
     return (kind == "neg" and sign > 0) or (kind == "pos" and sign < 0)
 
 
@@ -208,10 +209,15 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     # a sign-definite input (x >= 0 after a ReLU): x+ is x itself and x- is 0, so the terms of x- add
     # exactly nothing to Z_g or R_x and are skipped (their biases stay). Halves gamma / z+ / alpha-beta.
     sign = _input_sign(x) if any(t.x in ("pos", "neg") for g in groups for t in g.terms) else 0
+    # outputs of one sign (z >= 0 where a ReLU's result stands in for z, on R's support): a group that
+    # selects the other sign selects nothing, R_g = 0, and is skipped (all its shares are exactly 0)
+    z_sign = _input_sign(z) if any(g.select != "all" for g in groups) else 0
     # rule = sum R - sum_g c_g sum R_g: groups that select all outputs contribute c_g sum R
     whole = 1.0 - sum(g.coef for g in groups if g.select == "all")
     absorbed = {"bias": 0.0, "stabiliser": 0.0, "rule": whole * total(relevance) if whole else 0.0}
     for group in groups:
+        if _vanishes(group.select, z_sign):
+            continue
         # modified inputs (x+, x-, bounds) are formed where used, not held through the group (memory)
         live = [term for term in group.terms if not _vanishes(term.x, sign)] or list(group.terms)
         inputs = [lambda kind=term.x: _modified_input(kind, x, spec, sign) for term in live]
@@ -223,7 +229,7 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
                     part = term.sign * op.bias(term.b(b), z)
                     big_b = part if big_b is None else big_b + part
         if group.terms == (PLAIN,):  # the unmodified layer: Z = z
-            big_z = z
+            big_z, own = z, False
         else:
             big_z, own = None, False  # own: big_z is a new tensor of this rule (summed into in place)
             for term, xk, wk in zip(live, inputs, weights):
@@ -246,7 +252,7 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
             mask = (z.clamp(min=0) if group.select == "pos" else z.clamp(max=0)).sign_().abs_()
             r_g = mask.mul_(relevance) if mask.shape == relevance.shape and mask.dtype == relevance.dtype else (
                 relevance * mask)  # in the mask's buffer: one output-sized temporary, not two
-        c, lost = divide(r_g, big_z, spec.epsilon)
+        c, lost = divide(r_g, big_z, spec.epsilon, overwrite=own)  # an own Z: its buffer reused
         if group.select != "all":
             absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
         r_g = big_z = None  # not needed below: freed before the VJPs (peak memory)
@@ -260,7 +266,7 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         if big_b is not None:
             absorbed["bias"] = absorbed["bias"] + group.coef * broadcast_total(big_b, c)
         absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * lost
-    return r_x, absorbed
+    return (torch.zeros_like(x) if r_x is None else r_x), absorbed
 
 
 def uniform_product(a: torch.Tensor, b: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor,
