@@ -5,6 +5,7 @@
         [--lxt-python .tox/lxt/bin/python] [--out benchmarks/output]
     .tox/lxt/bin/python -m benchmarks.speed --lxt --models vit_b_16,gpt2,llama_3_2_1b   # LXT's own env
     python -m benchmarks.speed --profile --models vit_b_16,gpt2,resnet50               # where explain's time goes
+    python -m benchmarks.speed --profile --models resnet50 --methods dynlrp:epsilon_gamma_box   # a chosen preset
 
 Protocol.
 
@@ -84,7 +85,8 @@ the tables are printed.
 ``--profile``: per model, fwd_bwd and dynlrp are timed, then one ``forward + explain`` runs under
 cProfile (cumulative time per phase: the forward, setup, rules, promise replays, ledger sums, finish;
 the top functions by cumulative and by self time) and one under ``torch.profiler`` (the share of the
-call spent inside aten ops, i.e. kernels, and the top ops); written to ``profile.txt``.
+call spent inside aten ops, i.e. kernels, and the top ops); written to ``profile.txt``. The model's
+first dynlrp preset, or every ``dynlrp:<preset>`` in ``--methods``.
 """
 from __future__ import annotations
 
@@ -899,16 +901,20 @@ def profile(args: argparse.Namespace) -> None:
     report = []
     for name in args.models.split(","):
         case = case_from_args(args, name)
-        method = next(m for m in default_methods(case.kind, False) if m.startswith("dynlrp:"))
-        results = measure(case, ["fwd_bwd", method], args.repeats)
-        with contextlib.ExitStack() as stack:
-            found = profile_call(setup_method(method, case, stack))
-        ratio = _ratio(results[method].median, results["fwd_bwd"].median)
-        block = (f"## {name} {case.shape}, {case.nodes} nodes, {method}: forward+explain median "
-                 f"{fmt(results[method].median)} s, fwd+bwd {fmt(results['fwd_bwd'].median)} s, ratio {fmt(ratio)}"
-                 f" ({torch.get_num_threads()} threads)\n{found.text()}")
-        print(block, flush=True)
-        report.append(block)
+        candidates = args.methods.split(",") if args.methods else default_methods(case.kind, False)
+        methods = [m for m in candidates if m.startswith("dynlrp:")][: None if args.methods else 1]
+        if not methods:
+            raise ValueError(f"--profile needs a dynlrp:<preset> method, got {args.methods!r}")
+        results = measure(case, ["fwd_bwd", *methods], args.repeats)
+        for method in methods:
+            with contextlib.ExitStack() as stack:
+                found = profile_call(setup_method(method, case, stack))
+            ratio = _ratio(results[method].median, results["fwd_bwd"].median)
+            block = (f"## {name} {case.shape}, {case.nodes} nodes, {method}: forward+explain median "
+                     f"{fmt(results[method].median)} s, fwd+bwd {fmt(results['fwd_bwd'].median)} s, "
+                     f"ratio {fmt(ratio)} ({torch.get_num_threads()} threads)\n{found.text()}")
+            print(block, flush=True)
+            report.append(block)
         del case
         gc.collect()
     out = Path(args.out)

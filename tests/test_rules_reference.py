@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from ledger import conserved
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import dynlrp
 from dynlrp.presets import NAMES, Preset
@@ -412,6 +413,33 @@ def check_conv(name: str, kind: str = "epsilon", seed: int = 0, eps: float = EPS
 @pytest.mark.parametrize("name", sorted(CONVS))
 def test_convolution(name, kind):
     check_conv(name, kind)
+
+
+class _ConvolutionCount(TorchDispatchMode):
+    """Counts the convolutions and convolution VJPs run while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.forward = self.backward = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.forward += func.overloadpacket is torch.ops.aten.convolution
+        self.backward += func.overloadpacket is torch.ops.aten.convolution_backward
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind, forwards", [("gamma", 1), ("alpha_beta", 2)])
+def test_two_groups_on_a_sign_definite_input_share_the_positive_weights(kind, forwards):
+    """x >= 0 and z of both signs: gamma's two groups are ``Z_g = n_g z' + d_g f(x, W+) + B_g`` (z' the
+    layer's own ``f(x, W)``) with ``R_x = x (f^T(W, .) + f^T(W+, .))``: one convolution and two VJPs in
+    all, still equal to the reference. Alpha-beta's beta group (``W-`` alone) is not rewritten: it
+    would cancel, so each group convolves its own weights."""
+    torch.manual_seed(0)
+    case = _conv_case(CONVS["conv2d_nonnegative_input"])
+    assert case.out.min() < 0 < case.out.max()
+    with _ConvolutionCount() as count:
+        check_linear_rule("ConvolutionBackward0", case, kind, EPS)
+    assert (count.forward, count.backward) == (forwards, 2)
 
 
 @pytest.mark.extended

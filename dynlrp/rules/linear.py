@@ -55,10 +55,34 @@ class LinearRule:
 
 
 @dataclass(frozen=True)
+class Parts:
+    """The map ``t -> pos * t+ + neg * t-`` (``t+ = max(t, 0)``, ``t- = min(t, 0)``) of a weight or
+    bias: the identity is (1, 1), ``t+`` (1, 0), ``t-`` (0, 1), gamma's ``t + g t+`` (1 + g, 1).
+    Since ``t- = t - t+``, ``f(x, map(W)) = neg f(x, W) + (pos - neg) f(x, W+)``."""
+
+    pos: float
+    neg: float
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        pos, neg = self.pos, self.neg
+        if pos == neg:
+            return t if pos == 1.0 else pos * t
+        if neg == 0.0 or pos == 0.0:
+            part = t.clamp(min=0) if neg == 0.0 else t.clamp(max=0)
+            scale = pos if neg == 0.0 else neg
+            return part if scale == 1.0 else part.mul_(scale)
+        if neg == 1.0:
+            return t + (pos - 1.0) * t.clamp(min=0)
+        if pos == 1.0:
+            return t + (neg - 1.0) * t.clamp(max=0)
+        return pos * t.clamp(min=0) + neg * t.clamp(max=0)
+
+
+@dataclass(frozen=True)
 class Term:
     sign: float
     x: str  # "x" | "pos" | "neg" | "ones" | "low" | "high"
-    w: Callable[[torch.Tensor], torch.Tensor]
+    w: Callable[[torch.Tensor], torch.Tensor]  # a Parts map, or any elementwise map (1, W^2)
     b: Callable[[torch.Tensor], torch.Tensor] | None  # None: no bias in this term
 
 
@@ -69,24 +93,15 @@ class Group:
     terms: tuple[Term, ...]
 
 
-def _same(t):
-    return t
-
-
-def _pos(t):
-    return t.clamp(min=0)
-
-
-def _neg(t):
-    return t.clamp(max=0)
+_same, _pos, _neg = Parts(1.0, 1.0), Parts(1.0, 0.0), Parts(0.0, 1.0)
 
 
 def _gamma_pos(gamma):
-    return lambda t: t + gamma * t.clamp(min=0)
+    return Parts(1.0 + gamma, 1.0)  # t + gamma t+
 
 
 def _gamma_neg(gamma):
-    return lambda t: t + gamma * t.clamp(max=0)
+    return Parts(1.0, 1.0 + gamma)  # t + gamma t-
 
 
 PLAIN = Term(1.0, "x", _same, _same)  # the layer as it is
@@ -198,13 +213,142 @@ def _modified_input(kind: str, x: torch.Tensor, spec: LinearRule, sign: int = 0)
     return torch.as_tensor(bound).to(x).expand_as(x)
 
 
+def _is_x(kind: str, sign: int) -> bool:
+    """Whether the modified input ``kind`` of a tensor of sign ``sign`` is that tensor itself."""
+    return kind == "x" or (kind == "pos" and sign > 0) or (kind == "neg" and sign < 0)
+
+
+def _group_bias(op: BilinearOp, group: Group, b: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor | None:
+    """``B_g = sum_k sign_k b_k`` in a shape that broadcasts against ``z`` (None: no bias)."""
+    big_b = None
+    if b is not None:
+        for term in group.terms:
+            if term.b is not None:
+                part = term.sign * op.bias(term.b(b), z)
+                big_b = part if big_b is None else big_b + part
+    return big_b
+
+
+def _plus_bias(big_z: torch.Tensor, own: bool, big_b: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    if big_b is None:
+        return big_z, own
+    return (big_z.add_(big_b) if own and broadcasts_into(big_b.shape, big_z.shape) else big_z + big_b), True
+
+
+class _Terms:
+    """Each group's terms evaluated as they are: ``Z_g = sum_k sign_k f(m_k(x), W_k) + B_g`` and
+    ``R_x += c_g sum_k sign_k m_k(x) f_x^T(W_k, R_g / s)`` (one forward and one VJP per term)."""
+
+    def __init__(self, op, x, w, spec, sign, product):
+        self.op, self.x, self.w, self.spec, self.sign, self.product = op, x, w, spec, sign, product
+        self.r_x = None
+
+    def z(self, group, live, z, big_b):
+        # modified inputs (x+, x-, bounds) are formed where used, not held through the group (memory)
+        self.inputs = [lambda kind=term.x: _modified_input(kind, self.x, self.spec, self.sign) for term in live]
+        self.weights = [term.w(self.w) for term in live]
+        if group.terms == (PLAIN,):  # the unmodified layer: Z = z
+            return z, False
+        big_z, own = None, False  # own: big_z is a new tensor of this rule (summed into in place)
+        for term, xk, wk in zip(live, self.inputs, self.weights):
+            if term.x == "x" and term.w == _same and self.product is not None:
+                product = self.product = self.product() if callable(self.product) else self.product
+                part, new = (product, False) if term.sign == 1.0 else (term.sign * product, True)
+            else:
+                part, new = self.op.forward(xk(), wk), True
+                part = part if term.sign == 1.0 else part.mul_(term.sign)
+            if big_z is None:
+                big_z, own = part, new
+            else:
+                big_z, own = (big_z.add_(part) if own else big_z + part), True
+        return _plus_bias(big_z, own, big_b)
+
+    def add(self, group, live, c):
+        for term, xk, wk in zip(live, self.inputs, self.weights):
+            xk = xk()
+            part = self.op.vjp(xk, wk, c)  # a new tensor: scaled in place
+            part = part.mul_(xk) if broadcasts_into(xk.shape, part.shape) else part * xk
+            factor = group.coef * term.sign
+            part = part if factor == 1.0 else part.mul_(factor)
+            self.r_x = part if self.r_x is None else self.r_x.add_(part)
+        self.inputs = self.weights = None
+
+    def relevance(self):
+        return self.r_x
+
+
+class _Shared:
+    """Groups whose terms all take ``x`` itself and ``Parts`` maps of ``W`` (gamma or alpha-beta on a
+    sign-definite input), evaluated through ``f(x, W)`` and one ``f(x, W+)`` shared by all groups:
+    ``Z_g = n_g f(x, W) + d_g f(x, W+) + B_g`` with ``n_g = sum_k sign_k neg_k``,
+    ``d_g = sum_k sign_k (pos_k - neg_k)``, and
+    ``R_x = x (f_x^T(W, sum_g c_g n_g R_g / s) + f_x^T(W+, sum_g c_g d_g R_g / s))``: one forward and
+    two VJPs for any number of groups, no modified weight but ``W+``."""
+
+    def __init__(self, op, x, w, product):
+        self.op, self.x, self.w, self.product = op, x, w, product() if callable(product) else product
+        self.w_pos = self.positive = None
+        self.grads = [None, None]  # the output gradients of f_x^T(W, .) and f_x^T(W+, .)
+
+    @staticmethod
+    def coefficients(live):
+        return (sum(t.sign * t.w.neg for t in live), sum(t.sign * (t.w.pos - t.w.neg) for t in live))
+
+    @classmethod
+    def applies(cls, live_groups, sign: int) -> bool:
+        """Whether it saves work (two groups or more) and keeps the rounding of the terms: a group
+        of ``W-`` alone (``n = -d``) would be ``f(x, W) - f(x, W+)``, which cancels where ``f(x, W-)``
+        is small against ``f(x, W+)`` (alpha-beta's beta group); it is evaluated term by term."""
+        if len(live_groups) < 2 or not all(isinstance(t.w, Parts) and _is_x(t.x, sign)
+                                           for _, live in live_groups for t in live):
+            return False
+        return all(n + d != 0.0 or n == 0.0 for n, d in (cls.coefficients(live) for _, live in live_groups))
+
+    def z(self, group, live, z, big_b):
+        n, d = self.coefficients(live)
+        big_z, own = (None, False) if n == 0.0 else (self.product, False) if n == 1.0 else (n * self.product, True)
+        if d:
+            if self.positive is None:
+                self.w_pos = self.w.clamp(min=0)
+                self.positive = self.op.forward(self.x, self.w_pos)
+            if big_z is None:
+                big_z, own = (self.positive, False) if d == 1.0 else (d * self.positive, True)
+            else:
+                big_z, own = (big_z.add_(self.positive, alpha=d) if own else
+                              torch.add(big_z, self.positive, alpha=d)), True
+        return _plus_bias(big_z, own, big_b)
+
+    def add(self, group, live, c):
+        """Adds ``c_g n_g c`` and ``c_g d_g c`` to the two output gradients; ``c`` is this rule's own
+        tensor, scaled in place for its last use."""
+        scales = [coef * group.coef for coef in self.coefficients(live)]
+        last = max(slot for slot, scale in enumerate(scales) if scale) if any(scales) else -1
+        for slot, scale in enumerate(scales):
+            if scale:
+                grad = self.grads[slot]
+                if grad is not None:
+                    grad.add_(c, alpha=scale)
+                else:
+                    self.grads[slot] = (c if scale == 1.0 else c.mul_(scale)) if slot == last else c * scale
+
+    def relevance(self):
+        self.product = self.positive = None  # freed before the VJPs (peak memory)
+        r_x = None
+        for grad, wk in zip(self.grads, (self.w, self.w_pos)):
+            if grad is not None:
+                part = self.op.vjp(self.x, wk, grad)
+                r_x = part if r_x is None else r_x.add_(part)
+        if r_x is None:
+            return None
+        return r_x.mul_(self.x) if broadcasts_into(self.x.shape, r_x.shape) else r_x * self.x
+
+
 def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                z: torch.Tensor, relevance: torch.Tensor, spec: LinearRule, product: torch.Tensor | None = None):
     """The modified-z rule (module docstring) for one layer; returns ``(R_x, absorbed)``.
 
     ``z`` is ``f(x, W) + b``. ``product``: ``f(x, W)`` if already at hand, or a function that returns
     it (called only if a group needs it); the unmodified term is then not recomputed."""
-    r_x = None
     groups = GROUPS[spec.kind](spec)
     # a sign-definite input (x >= 0 after a ReLU): x+ is x itself and x- is 0, so the terms of x- add
     # exactly nothing to Z_g or R_x and are skipped (their biases stay). Halves gamma / z+ / alpha-beta.
@@ -215,36 +359,13 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     # rule = sum R - sum_g c_g sum R_g: groups that select all outputs contribute c_g sum R
     whole = 1.0 - sum(g.coef for g in groups if g.select == "all")
     absorbed = {"bias": 0.0, "stabiliser": 0.0, "rule": whole * total(relevance) if whole else 0.0}
-    for group in groups:
-        if _vanishes(group.select, z_sign):
-            continue
-        # modified inputs (x+, x-, bounds) are formed where used, not held through the group (memory)
-        live = [term for term in group.terms if not _vanishes(term.x, sign)] or list(group.terms)
-        inputs = [lambda kind=term.x: _modified_input(kind, x, spec, sign) for term in live]
-        weights = [term.w(w) for term in live]
-        big_b = None
-        if b is not None:
-            for term in group.terms:
-                if term.b is not None:
-                    part = term.sign * op.bias(term.b(b), z)
-                    big_b = part if big_b is None else big_b + part
-        if group.terms == (PLAIN,):  # the unmodified layer: Z = z
-            big_z, own = z, False
-        else:
-            big_z, own = None, False  # own: big_z is a new tensor of this rule (summed into in place)
-            for term, xk, wk in zip(live, inputs, weights):
-                if term.x == "x" and term.w is _same and product is not None:
-                    product = product() if callable(product) else product
-                    part, new = (product, False) if term.sign == 1.0 else (term.sign * product, True)
-                else:
-                    part, new = op.forward(xk(), wk), True
-                    part = part if term.sign == 1.0 else part.mul_(term.sign)
-                if big_z is None:
-                    big_z, own = part, new
-                else:
-                    big_z, own = (big_z.add_(part) if own else big_z + part), True
-            if big_b is not None:
-                big_z = big_z.add_(big_b) if own and broadcasts_into(big_b.shape, big_z.shape) else big_z + big_b
+    live_groups = [(g, [t for t in g.terms if not _vanishes(t.x, sign)] or list(g.terms))
+                   for g in groups if not _vanishes(g.select, z_sign)]
+    shared = product is not None and _Shared.applies(live_groups, sign)
+    terms = _Shared(op, x, w, product) if shared else _Terms(op, x, w, spec, sign, product)
+    for group, live in live_groups:
+        big_b = _group_bias(op, group, b, z)
+        big_z, own = terms.z(group, live, z, big_b)
         if group.select == "all":
             r_g = relevance
         else:
@@ -256,16 +377,11 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         if group.select != "all":
             absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
         r_g = big_z = None  # not needed below: freed before the VJPs (peak memory)
-        for term, xk, wk in zip(live, inputs, weights):
-            xk = xk()
-            part = op.vjp(xk, wk, c)  # a new tensor: scaled in place
-            part = part.mul_(xk) if broadcasts_into(xk.shape, part.shape) else part * xk
-            factor = group.coef * term.sign
-            part = part if factor == 1.0 else part.mul_(factor)
-            r_x = part if r_x is None else r_x.add_(part)
         if big_b is not None:
             absorbed["bias"] = absorbed["bias"] + group.coef * broadcast_total(big_b, c)
         absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * lost
+        terms.add(group, live, c)  # may scale c in place
+    r_x = terms.relevance()
     return (torch.zeros_like(x) if r_x is None else r_x), absorbed
 
 
@@ -433,7 +549,7 @@ def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: Node
     merged = c if bias is None else a * op.bias(bias, z) + c
     y = torch.addcmul(merged, a, raw)
     spec = ctx.settings.linear
-    if y.numel() < w.numel() and all(t.w is _same for g in GROUPS[spec.kind](spec) for t in g.terms):
+    if y.numel() < w.numel() and all(t.w == _same for g in GROUPS[spec.kind](spec) for t in g.terms):
         # W' = a W enters only as f_x^T(W', g) = f_x^T(W, a g): scale the (smaller) output instead
         op = _output_scaled(op, a)
     else:
