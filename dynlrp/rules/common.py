@@ -25,11 +25,13 @@ def broadcasts_into(shape: torch.Size | tuple[int, ...], target: torch.Size | tu
         have in (1, want) for have, want in zip(reversed(shape), reversed(target)))
 
 
-def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float,
-           overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: bool = False,
+           select: tuple[torch.Tensor, bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c, stabiliser)``: ``c = R / s(z)`` and the stabiliser's share ``sum (s - z) c`` (what the
     stabiliser keeps from the inputs), computed with ``s - z`` as rounded, in two buffers.
-    ``overwrite``: ``z`` is the caller's own temporary, and its buffer takes ``s - z`` (one buffer)."""
+    ``overwrite``: ``z`` is the caller's own temporary, and its buffer takes ``s - z`` (one buffer).
+    ``select = (y, positive)``: only the relevance where ``y > 0`` (``y < 0``) is divided, ``c = 0``
+    elsewhere (:func:`keep_sign`, no mask of ``c``'s size)."""
     sign = unit_sign(z)
     if overwrite and z.is_floating_point() and not z.requires_grad:
         s = torch.add(z, sign, alpha=epsilon, out=sign)
@@ -39,6 +41,8 @@ def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float,
         lost = torch.sub(s, z, out=sign) if sign.shape == s.shape else s - z
     c = torch.div(relevance, s, out=s) if broadcasts_into(relevance.shape, s.shape) and (
         s.dtype == torch.promote_types(s.dtype, relevance.dtype)) else relevance / s
+    if select is not None:
+        c = keep_sign(c, *select)
     return c, dot(lost, c)
 
 
@@ -77,18 +81,54 @@ def total(t: torch.Tensor) -> torch.Tensor:
 BLOCK = 1 << 18
 
 
+def _blocks(*tensors: torch.Tensor, dtype: torch.dtype):
+    """Aligned blocks of :data:`BLOCK` elements of contiguous tensors of one shape, each with the
+    matching slice of one ``dtype`` buffer."""
+    flats = [t.view(-1) for t in tensors]
+    buffer = torch.empty(min(BLOCK, flats[0].numel()), dtype=dtype, device=tensors[0].device)
+    for start in range(0, flats[0].numel(), BLOCK):
+        blocks = [f[start:start + BLOCK] for f in flats]
+        yield (*blocks, buffer[:blocks[0].numel()])
+
+
 def _blockwise(t: torch.Tensor, reduce, dtype: torch.dtype) -> torch.Tensor:
     """``sum_k reduce(block_k, buffer)`` over blocks of :data:`BLOCK` elements of a contiguous ``t``,
     every block written into one ``dtype`` buffer: no temporary of ``t``'s size."""
-    flat = t.view(-1)
-    buffer = torch.empty(BLOCK, dtype=dtype, device=t.device)
-    parts = [reduce(flat[start:start + BLOCK], buffer[:min(BLOCK, flat.numel() - start)])
-             for start in range(0, flat.numel(), BLOCK)]
-    return torch.stack(parts).sum()
+    return torch.stack([reduce(block, out) for block, out in _blocks(t, dtype=dtype)]).sum()
 
 
 def _large(t: torch.Tensor) -> bool:
     return t.numel() > 2 * BLOCK and t.is_contiguous()
+
+
+def sign_mask(y: torch.Tensor, positive: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+    """1 where ``y > 0`` (``positive``) or ``y < 0``, else 0, in ``y``'s dtype (arithmetic: a
+    comparison mask and its conversion are several times slower on CPU)."""
+    part = torch.clamp(y, min=0, out=out) if positive else torch.clamp(y, max=0, out=out)
+    return part.sign_().abs_()
+
+
+def _blockwise_pair(t: torch.Tensor, y: torch.Tensor) -> bool:
+    return _large(t) and t.shape == y.shape and t.dtype == y.dtype and y.is_contiguous()
+
+
+def keep_sign(t: torch.Tensor, y: torch.Tensor, positive: bool) -> torch.Tensor:
+    """``t * sign_mask(y)``, in place where ``t`` (the caller's own) has ``y``'s shape, blockwise for
+    large tensors (no mask of ``t``'s size)."""
+    if _blockwise_pair(t, y):
+        for block, y_block, out in _blocks(t, y, dtype=y.dtype):
+            block.mul_(sign_mask(y_block, positive, out))
+        return t
+    mask = sign_mask(y, positive)
+    return t.mul_(mask) if broadcasts_into(mask.shape, t.shape) and t.dtype == mask.dtype else t * mask
+
+
+def kept_total(t: torch.Tensor, y: torch.Tensor, positive: bool) -> torch.Tensor:
+    """``total(t * sign_mask(y))`` without a tensor of ``t``'s size where the layouts allow it."""
+    if _blockwise_pair(t, y):
+        return torch.stack([dot(block, sign_mask(y_block, positive, out))
+                            for block, y_block, out in _blocks(t, y, dtype=y.dtype)]).sum()
+    return total(t * sign_mask(y, positive))
 
 
 def abs_total(t: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import broadcast_total, broadcasts_into, divide, total
+from .common import broadcast_total, broadcasts_into, divide, kept_total, total
 from .normalization import batch_norm_affine, batch_norm_after
 from .registry import replay, rule, saved_values
 
@@ -235,13 +235,20 @@ def _plus_bias(big_z: torch.Tensor, own: bool, big_b: torch.Tensor | None) -> tu
     return (big_z.add_(big_b) if own and broadcasts_into(big_b.shape, big_z.shape) else big_z + big_b), True
 
 
+def _reads_product(term: Term) -> bool:
+    """Whether the term is ``f(x, W)`` itself, which the layer's output gives without a forward."""
+    return term.x == "x" and term.w == _same
+
+
 class _Terms:
     """Each group's terms evaluated as they are: ``Z_g = sum_k sign_k f(m_k(x), W_k) + B_g`` and
     ``R_x += c_g sum_k sign_k m_k(x) f_x^T(W_k, R_g / s)`` (one forward and one VJP per term)."""
 
-    def __init__(self, op, x, w, spec, sign, product):
+    def __init__(self, op, x, w, spec, sign, product, live_groups):
         self.op, self.x, self.w, self.spec, self.sign, self.product = op, x, w, spec, sign, product
         self.r_x = None
+        # the terms that read f(x, W): the product is dropped after the last (peak memory)
+        self.uses = sum(_reads_product(t) for g, live in live_groups if g.terms != (PLAIN,) for t in live)
 
     def z(self, group, live, z, big_b):
         # modified inputs (x+, x-, bounds) are formed where used, not held through the group (memory)
@@ -251,16 +258,22 @@ class _Terms:
             return z, False
         big_z, own = None, False  # own: big_z is a new tensor of this rule (summed into in place)
         for term, xk, wk in zip(live, self.inputs, self.weights):
-            if term.x == "x" and term.w == _same and self.product is not None:
-                product = self.product = self.product() if callable(self.product) else self.product
+            if _reads_product(term) and self.product is not None:
+                product = self.product() if callable(self.product) else self.product
+                self.uses -= 1
+                self.product = product if self.uses else None
                 part, new = (product, False) if term.sign == 1.0 else (term.sign * product, True)
+                product = None
             else:
                 part, new = self.op.forward(xk(), wk), True
                 part = part if term.sign == 1.0 else part.mul_(term.sign)
             if big_z is None:
                 big_z, own = part, new
+            elif own or new:  # summed into whichever is this rule's own (a + b == b + a exactly)
+                big_z, own = (big_z.add_(part) if own else part.add_(big_z)), True
             else:
-                big_z, own = (big_z.add_(part) if own else big_z + part), True
+                big_z, own = big_z + part, True
+            part = None
         return _plus_bias(big_z, own, big_b)
 
     def add(self, group, live, c):
@@ -362,21 +375,16 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     live_groups = [(g, [t for t in g.terms if not _vanishes(t.x, sign)] or list(g.terms))
                    for g in groups if not _vanishes(g.select, z_sign)]
     shared = product is not None and _Shared.applies(live_groups, sign)
-    terms = _Shared(op, x, w, product) if shared else _Terms(op, x, w, spec, sign, product)
+    terms = _Shared(op, x, w, product) if shared else _Terms(op, x, w, spec, sign, product, live_groups)
     for group, live in live_groups:
         big_b = _group_bias(op, group, b, z)
         big_z, own = terms.z(group, live, z, big_b)
-        if group.select == "all":
-            r_g = relevance
-        else:
-            # 1 where z > 0 (z < 0), else 0, by arithmetic (a comparison mask is slow on CPU)
-            mask = (z.clamp(min=0) if group.select == "pos" else z.clamp(max=0)).sign_().abs_()
-            r_g = mask.mul_(relevance) if mask.shape == relevance.shape and mask.dtype == relevance.dtype else (
-                relevance * mask)  # in the mask's buffer: one output-sized temporary, not two
-        c, lost = divide(r_g, big_z, spec.epsilon, overwrite=own)  # an own Z: its buffer reused
-        if group.select != "all":
-            absorbed["rule"] = absorbed["rule"] - group.coef * total(r_g)
-        r_g = big_z = None  # not needed below: freed before the VJPs (peak memory)
+        # R_g = R where z > 0 (z < 0), else 0: applied to c = R / s, blockwise (no R_g, no mask)
+        select = None if group.select == "all" else (z, group.select == "pos")
+        if select is not None:
+            absorbed["rule"] = absorbed["rule"] - group.coef * kept_total(relevance, *select)
+        c, lost = divide(relevance, big_z, spec.epsilon, overwrite=own, select=select)  # own Z: reused
+        big_z = None  # not needed below: freed before the VJPs (peak memory)
         if big_b is not None:
             absorbed["bias"] = absorbed["bias"] + group.coef * broadcast_total(big_b, c)
         absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * lost
