@@ -291,8 +291,8 @@ class _Terms:
 
 
 class _Shared:
-    """Groups whose terms all take ``x`` itself and ``Parts`` maps of ``W`` (gamma or alpha-beta on a
-    sign-definite input), evaluated through ``f(x, W)`` and one ``f(x, W+)`` shared by all groups:
+    """Groups whose terms all take ``x`` itself and ``Parts`` maps of ``W`` (gamma's two groups on a
+    sign-definite input; see :meth:`applies`), evaluated through ``f(x, W)`` and one ``f(x, W+)`` shared by all groups:
     ``Z_g = n_g f(x, W) + d_g f(x, W+) + B_g`` with ``n_g = sum_k sign_k neg_k``,
     ``d_g = sum_k sign_k (pos_k - neg_k)``, and
     ``R_x = x (f_x^T(W, sum_g c_g n_g R_g / s) + f_x^T(W+, sum_g c_g d_g R_g / s))``: one forward and
