@@ -317,6 +317,16 @@ def test_exact_zero_output_of_a_linear_layer(kind):
         assert row_of(exp, "MmBackward0").absorbed["rule"] != 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_stabiliser_sign_convention(dtype):
+    """``s(z) = z + eps * sign(z)`` with ``sign(+0) = sign(-0) = +1`` (zennit's), NaN kept."""
+    from dynlrp.rules.common import stabilize
+    z = torch.tensor([0.0, -0.0, 2.0, -3.0, 1e-9, -1e-9, float("nan")], dtype=dtype)
+    signs = torch.tensor([1.0, 1.0, 1.0, -1.0, 1.0, -1.0, 1.0], dtype=dtype)
+    expected = torch.add(z, signs, alpha=1e-3)  # in z's dtype, rounded as the rule's kernel rounds
+    torch.testing.assert_close(stabilize(z, 1e-3), expected, rtol=0, atol=0, equal_nan=True)
+
+
 def test_exact_zero_output_of_the_z_rules():
     """Sums, reductions and average pools whose output is exactly 0 (s = +eps)."""
     x = torch.randn(2, 3, 4)

@@ -4,16 +4,16 @@ from __future__ import annotations
 import torch
 
 
-def unit_sign(z: torch.Tensor) -> torch.Tensor:
-    """``sign(z)`` with ``sign(+0) = sign(-0) = +1`` (zennit's convention), as a new tensor of
-    ``z``'s dtype: ``sign(sign(z) + 1/2)``. Arithmetic only: on CPU a comparison mask and
-    ``torch.where`` cost several times (``where``: about 40x) an elementwise multiply."""
-    return torch.sign(z).add_(0.5).sign_()
-
-
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``s(z) = z + epsilon * sign(z)`` with ``sign(0) = +1`` (:func:`unit_sign`), so ``|s| >= epsilon``."""
-    return torch.add(z, unit_sign(z), alpha=epsilon)
+    """``s(z) = z + epsilon * sign(z)`` with ``sign(+0) = sign(-0) = +1`` (zennit's convention), so
+    ``|s| >= epsilon``, as a new tensor: ``copysign(epsilon, z + 0) + z`` (``-0 + 0 = +0`` in IEEE
+    arithmetic). Three passes, no comparison mask (on CPU ``sign`` and ``where`` cost several times an
+    add: this was 6x faster than ``sign(sign(z) + 1/2)``)."""
+    if not z.is_floating_point():
+        return z + epsilon * (torch.sign(z) + 0.5).sign()
+    s = torch.add(z, 0.0)
+    torch.copysign(torch.full((), epsilon, dtype=z.dtype, device=z.device), s, out=s)
+    return s.add_(z)
 
 
 def broadcasts_into(shape: torch.Size | tuple[int, ...], target: torch.Size | tuple[int, ...]) -> bool:
@@ -32,13 +32,11 @@ def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: 
     ``overwrite``: ``z`` is the caller's own temporary, and its buffer takes ``s - z`` (one buffer).
     ``select = (y, positive)``: only the relevance where ``y > 0`` (``y < 0``) is divided, ``c = 0``
     elsewhere (:func:`keep_sign`, no mask of ``c``'s size)."""
-    sign = unit_sign(z)
+    s = stabilize(z, epsilon)
     if overwrite and z.is_floating_point() and not z.requires_grad:
-        s = torch.add(z, sign, alpha=epsilon, out=sign)
         lost = torch.sub(s, z, out=z)
     else:
-        s = torch.add(z, sign, alpha=epsilon)
-        lost = torch.sub(s, z, out=sign) if sign.shape == s.shape else s - z
+        lost = s - z
     c = torch.div(relevance, s, out=s) if broadcasts_into(relevance.shape, s.shape) and (
         s.dtype == torch.promote_types(s.dtype, relevance.dtype)) else relevance / s
     if select is not None:
