@@ -327,6 +327,12 @@ def test_stabiliser_sign_convention(dtype):
     torch.testing.assert_close(stabilize(z, 1e-3), expected, rtol=0, atol=0, equal_nan=True)
 
 
+def test_stabiliser_of_an_integer_tensor_is_floating():
+    from dynlrp.rules.common import stabilize
+    got = stabilize(torch.tensor([0, -2, 3]), 0.5)
+    assert got.is_floating_point() and got.tolist() == [0.5, -2.5, 3.5]
+
+
 def test_exact_zero_output_of_the_z_rules():
     """Sums, reductions and average pools whose output is exactly 0 (s = +eps)."""
     x = torch.randn(2, 3, 4)
