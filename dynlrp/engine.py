@@ -36,7 +36,7 @@ from .plan import Plan, PlanCache, structure_key
 from .presets import Preset, resolve
 from .record import Recording, find_recording
 from .rules import REGISTRY
-from .rules.common import abs_total, reduce_to_shape, total, wide_total
+from .rules.common import reduce_to_shape, total, totals, wide_total
 from .saved import release_schedule
 from .values import SHAPE_REACH, ValueStore
 
@@ -58,7 +58,8 @@ class _Ledger:
 
     def sums(self, r: torch.Tensor) -> tuple[int, int]:
         """Entries for ``sum r`` and ``sum |r|`` (the flow: the scale of rounding errors)."""
-        return self.add(total(r)), self.add(abs_total(r))
+        value, flow = totals(r)
+        return self.add(value), self.add(flow)
 
     def values(self) -> list[float]:
         out = [0.0 if isinstance(v, torch.Tensor) else float(v) for v in self._entries]

@@ -21,6 +21,10 @@ def pair():
 def test_sums_are_the_whole_tensor_sums(pair):
     t, _ = pair
     torch.testing.assert_close(common.abs_total(t), t.abs().sum(), rtol=1e-12, atol=0)
+    value, flow = common.totals(t)
+    torch.testing.assert_close(value, t.sum(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(flow, t.abs().sum(), rtol=1e-12, atol=0)
+    assert [float(v) for v in common.totals(t[:10])] == pytest.approx([float(t[:10].sum()), float(t[:10].abs().sum())])
     torch.testing.assert_close(common.wide_total(t.float()), t.float().double().sum(), rtol=1e-12, atol=0)
 
 
@@ -35,6 +39,38 @@ def test_keep_sign_and_kept_total(pair, positive):
     assert torch.equal(kept, expected)
     small = common.keep_sign(t[:10].clone(), y[:10], positive)  # the whole-tensor path
     assert torch.equal(small, expected[:10])
+
+
+def _whole_divide(r, z, eps, select=None):
+    s = z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)  # sign(+-0) = +1
+    c = r / s
+    if select is not None:
+        y, positive = select
+        c = torch.where((y > 0) if positive else (y < 0), c, 0.0)
+    return c, ((s - z) * c).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("select", [None, "other", "z"])
+def test_divide_blockwise_is_the_whole_tensor_division(pair, dtype, overwrite, select):
+    """``divide`` on large operands runs blockwise: the same ``c`` bit for bit, the stabiliser share
+    to rounding, with ``z``'s buffer reused (``overwrite``) and a selection by another tensor or by
+    ``z`` itself (its mask is taken before ``c`` overwrites ``z``)."""
+    r, z = (t.to(dtype) for t in pair)
+    z[:5] = torch.tensor([0.0, -0.0, 1e-9, -1e-9, 0.0], dtype=dtype)  # |s| near epsilon
+    y = {None: None, "other": torch.roll(z, 1), "z": z}[select]
+    positive = True
+    expected_c, expected_lost = _whole_divide(r, z, 1e-3, None if y is None else (y.clone(), positive))
+    z_in, before = (z.clone() if overwrite else z), z.clone()
+    c, lost = common.divide(r, z_in, 1e-3, overwrite=overwrite,
+                            select=None if y is None else (z_in if select == "z" else y, positive))
+    assert torch.equal(c, expected_c)
+    assert (c.data_ptr() == z_in.data_ptr()) == overwrite  # overwrite: c takes z's buffer
+    assert not overwrite or c is z_in
+    torch.testing.assert_close(lost, expected_lost, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+    if not overwrite:
+        assert torch.equal(z, before)  # z left as it was
 
 
 def _gamma_conv_relevance(x: torch.Tensor, conv: nn.Module) -> tuple[torch.Tensor, dict]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 import torch
 
 
-def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+def stabilize(z: torch.Tensor, epsilon: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """``s(z) = z + epsilon * sign(z)`` with ``sign(+0) = sign(-0) = +1`` (zennit's convention), so
-    ``|s| >= epsilon``, as a new tensor: ``copysign(epsilon, z + 0) + z`` (``-0 + 0 = +0`` in IEEE
-    arithmetic). Three passes, no comparison mask (on CPU ``sign`` and ``where`` cost several times an
-    add: this was 6x faster than ``sign(sign(z) + 1/2)``)."""
+    ``|s| >= epsilon``, as a new tensor (or into ``out``, of ``z``'s shape and dtype): ``copysign(epsilon,
+    z + 0) + z`` (``-0 + 0 = +0`` in IEEE arithmetic). Three passes, no comparison mask (on CPU ``sign``
+    and ``where`` cost several times an add: this was 6x faster than ``sign(sign(z) + 1/2)``)."""
     if not z.is_floating_point():
         return z + epsilon * (torch.sign(z) + 0.5).sign()
-    s = torch.add(z, 0.0)
+    s = torch.add(z, 0.0, out=out)
     torch.copysign(torch.full((), epsilon, dtype=z.dtype, device=z.device), s, out=s)
     return s.add_(z)
 
@@ -28,10 +28,16 @@ def broadcasts_into(shape: torch.Size | tuple[int, ...], target: torch.Size | tu
 def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: bool = False,
            select: tuple[torch.Tensor, bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c, stabiliser)``: ``c = R / s(z)`` and the stabiliser's share ``sum (s - z) c`` (what the
-    stabiliser keeps from the inputs), computed with ``s - z`` as rounded, in two buffers.
-    ``overwrite``: ``z`` is the caller's own temporary, and its buffer takes ``s - z`` (one buffer).
-    ``select = (y, positive)``: only the relevance where ``y > 0`` (``y < 0``) is divided, ``c = 0``
-    elsewhere (:func:`keep_sign`, no mask of ``c``'s size)."""
+    stabiliser keeps from the inputs), computed with ``s - z`` as rounded. ``c`` is always the caller's
+    own tensor (it may be scaled in place). ``overwrite``: ``z`` is the caller's own temporary, and its
+    buffer is reused. ``select = (y, positive)``: only the relevance where ``y > 0`` (``y < 0``) is
+    divided, ``c = 0`` elsewhere (:func:`keep_sign`, no mask of ``c``'s size).
+
+    Large contiguous operands of one shape are divided blockwise (:func:`_divide_blocks`): ``s``,
+    ``s - z`` and the mask live in block-sized buffers and only ``c`` is output-sized (on CPU each
+    fresh output-sized buffer costs its page faults: about 4x the time of the whole-tensor path)."""
+    if _blockwise_divide(relevance, z, select):
+        return _divide_blocks(relevance, z, epsilon, overwrite and not z.requires_grad, select)
     s = stabilize(z, epsilon)
     if overwrite and z.is_floating_point() and not z.requires_grad:
         lost = torch.sub(s, z, out=z)
@@ -42,6 +48,32 @@ def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: 
     if select is not None:
         c = keep_sign(c, *select)
     return c, dot(lost, c)
+
+
+def _blockwise_divide(relevance: torch.Tensor, z: torch.Tensor, select) -> bool:
+    return (z.is_floating_point() and _blockwise_pair(relevance, z)
+            and (select is None or _blockwise_pair(select[0], z)))
+
+
+def _divide_blocks(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: bool,
+                   select: tuple[torch.Tensor, bool] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`divide` block by block: per block ``s = s(z)``, ``lost = s - z``, the selection mask of
+    ``y`` (before ``c`` is written: ``c`` may take ``z``'s buffer, and ``y`` may be ``z``), ``c = R / s``
+    and ``dot(lost, c)``. The same ``c`` as the whole-tensor path, bit for bit."""
+    c = z if overwrite else torch.empty_like(z)
+    y = () if select is None else (select[0],)
+    parts = []
+    for z_block, r_block, c_block, *rest in _blocks(z, relevance, c, *y, dtype=z.dtype, buffers=3):
+        *y_block, s, lost, mask = rest
+        stabilize(z_block, epsilon, out=s)
+        torch.sub(s, z_block, out=lost)
+        if select is not None:
+            sign_mask(y_block[0], select[1], mask)
+        torch.div(r_block, s, out=c_block)
+        if select is not None:
+            c_block.mul_(mask)
+        parts.append(dot(lost, c_block))
+    return c, torch.stack(parts).sum()
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -75,18 +107,19 @@ def total(t: torch.Tensor) -> torch.Tensor:
     return t.sum(dtype=torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.sum()
 
 
-#: elements per block of :func:`abs_total` and :func:`wide_total` (1 MiB of float32)
+#: elements per block of the blockwise kernels (1 MiB of float32)
 BLOCK = 1 << 18
 
 
-def _blocks(*tensors: torch.Tensor, dtype: torch.dtype):
+def _blocks(*tensors: torch.Tensor, dtype: torch.dtype, buffers: int = 1):
     """Aligned blocks of :data:`BLOCK` elements of contiguous tensors of one shape, each with the
-    matching slice of one ``dtype`` buffer."""
+    matching slices of ``buffers`` buffers of one ``dtype`` (reused from block to block)."""
     flats = [t.view(-1) for t in tensors]
-    buffer = torch.empty(min(BLOCK, flats[0].numel()), dtype=dtype, device=tensors[0].device)
+    size = min(BLOCK, flats[0].numel())
+    scratch = [torch.empty(size, dtype=dtype, device=tensors[0].device) for _ in range(buffers)]
     for start in range(0, flats[0].numel(), BLOCK):
         blocks = [f[start:start + BLOCK] for f in flats]
-        yield (*blocks, buffer[:blocks[0].numel()])
+        yield (*blocks, *(b[:blocks[0].numel()] for b in scratch))
 
 
 def _blockwise(t: torch.Tensor, reduce, dtype: torch.dtype) -> torch.Tensor:
@@ -138,6 +171,19 @@ def abs_total(t: torch.Tensor) -> torch.Tensor:
     if not _large(t):
         return total(t.abs())
     return _blockwise(t, lambda block, out: total(torch.abs(block, out=out)), t.dtype)
+
+
+def totals(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(total(t), abs_total(t))`` (a ledger entry: the sum and the flow) in one read of ``t``: a
+    large tensor block by block, each block summed as it is and as ``|block|`` while it is in cache."""
+    t = t.detach()
+    if not _large(t):
+        return total(t), total(t.abs())
+    sums, flows = [], []
+    for block, out in _blocks(t, dtype=t.dtype):
+        sums.append(total(block))
+        flows.append(total(torch.abs(block, out=out)))
+    return torch.stack(sums).sum(), torch.stack(flows).sum()
 
 
 def wide_total(t: torch.Tensor) -> torch.Tensor:

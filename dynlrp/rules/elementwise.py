@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import abs_total, divide, reduce_to_shape, stabilize, total
+from .common import abs_total, broadcasts_into, divide, reduce_to_shape, stabilize, total
 from .registry import replay, rule, saved_values
 
 saved_values("MulBackward0", "DivBackward0", inputs={0: "_saved_self", 1: "_saved_other"})
@@ -55,22 +55,27 @@ def _signed_sum(ctx: NodeContext, relevance, coefficients: tuple[float, ...]) ->
     z = terms[0]
     for t in terms[1:]:
         z = z + t
+    own = len(terms) > 1 and z.shape == r.shape  # a new tensor that no share reads: divide may reuse it
     z = torch.broadcast_to(z, r.shape)
     # a mask added to a mask overflows to -inf: no shares there (inf * 0 = nan). A finite sum means
     # every element is finite (the elementwise check is the slow path)
     finite = None if bool(torch.isfinite(z.sum())) or bool(torch.isfinite(z).all()) else torch.isfinite(z)
     if finite is None:
-        c, lost = divide(r, z, ctx.settings.epsilon)
+        c, lost = divide(r, z, ctx.settings.epsilon, overwrite=own)
     else:
         s = stabilize(z, ctx.settings.epsilon)
         c = r / s
         lost = total(torch.where(finite, (s - z) * c, 0.0))
-    shares = tuple(reduce_to_shape(t * c if finite is None else torch.where(finite, t * c, 0.0),
-                                   ctx.output_shapes[0] if v is None else v.shape) for t, v in zip(terms, values))
+    shares = []
+    for k, (t, v) in enumerate(zip(terms, values)):
+        in_place = (finite is None and k == len(terms) - 1 and broadcasts_into(t.shape, c.shape)
+                    and torch.promote_types(c.dtype, t.dtype) == c.dtype)  # c's last use: c is divide's own
+        share = c.mul_(t) if in_place else t * c if finite is None else torch.where(finite, t * c, 0.0)
+        shares.append(reduce_to_shape(share, ctx.output_shapes[0] if v is None else v.shape))
     if derived is not None and (finite is not None  # z - rest is not the addend where z overflowed
                                 or not float(abs_total(shares[derived])) >= DERIVED_SHARE * float(abs_total(r))):
         ctx.store.forget(ctx.edges[derived])
-    return RuleResult(shares, {"stabiliser": lost})
+    return RuleResult(tuple(shares), {"stabiliser": lost})
 
 
 @rule("AddBackward0", "SubBackward0")
