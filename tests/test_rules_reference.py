@@ -458,6 +458,48 @@ def test_two_groups_on_a_sign_definite_input_share_the_positive_weights(kind, fo
     assert (count.forward, count.backward) == (forwards, 2)
 
 
+def _conv_bn_relu(fold: bool) -> nn.Module:
+    """conv -> ReLU -> conv + batch norm -> ReLU -> conv; ``fold``: the batch norm folded into the
+    convolution before it (``W' = a W``, ``b' = a b + c``)."""
+    torch.manual_seed(0)
+    first, middle, last, head = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 6, 3), nn.Conv2d(6, 2, 3), nn.Linear(200, 1)
+    norm = nn.BatchNorm2d(6).eval()
+    with torch.no_grad():
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    layers = [first, nn.ReLU(), middle, norm, nn.ReLU(), last]
+    if fold:
+        a = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        folded = nn.Conv2d(4, 6, 3)
+        with torch.no_grad():
+            folded.weight.copy_(middle.weight * a.view(-1, 1, 1, 1))
+            folded.bias.copy_(a * (middle.bias - norm.running_mean) + norm.bias)
+        layers[2:4] = [folded]
+    return nn.Sequential(*layers, nn.Flatten(), head).double()
+
+
+def test_a_merged_batch_norm_before_a_relu_costs_what_the_folded_layer_costs():
+    """A convolution + batch norm merged (``merge_batch_norm``) and followed by a ReLU takes ``y`` on
+    the relevance's support from the ReLU's result, as the folded convolution does: gamma's ``y < 0``
+    group, which has no relevance, is skipped, and the merged network runs as many convolutions and
+    VJPs as the folded one, with the same relevance."""
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    preset = dynlrp.presets.get("epsilon_gamma_box", merge_batch_norm=True)
+    results = []
+    for fold in (False, True):
+        model, leaf = _conv_bn_relu(fold), x.clone().requires_grad_(True)
+        out = model(leaf)
+        with _ConvolutionCount() as count:
+            exp = dynlrp.explain(out, target=0, rules=preset, inputs=[leaf])
+        assert exp.conservation.unexplained < 1e-12
+        results.append((exp.relevance(leaf), count.forward, count.backward))
+    (merged, *merged_count), (folded, *folded_count) = results
+    assert merged_count == folded_count
+    torch.testing.assert_close(merged, folded, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.extended
 @pytest.mark.parametrize("eps", [EPS, 0.1])
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -547,22 +547,30 @@ def _output_scaled(op: BilinearOp, a: torch.Tensor) -> BilinearOp:
 
 
 def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: NodeContext, relevance) -> RuleResult:
-    """The convolution and the batch norm after it as one layer ``y = conv(x, a W) + (a b + c)``."""
+    """The convolution and the batch norm after it as one layer ``y = conv(x, a W) + (a b + c)``.
+    Where a node keeps ``y`` on the relevance's support (a following ReLU's result), that is ``y``
+    for the rule, as for a plain convolution: no pass forms it, and under gamma the ``y < 0`` group,
+    which has no relevance there, is skipped."""
     z, a, c = batch_norm_affine(norm)  # z: this convolution's output, saved by the batch norm
+    raw = None  # f(x, W), formed only where needed
     if _has_bias(ctx) and bias is None:  # a frozen bias nothing holds: recovered from z
         raw = op.forward(x, w)
         bias = z - raw
-    else:
-        raw = z if bias is None else z - op.bias(bias, z)
+
+    def unscaled() -> torch.Tensor:
+        return raw if raw is not None else z if bias is None else z - op.bias(bias, z)
+
     merged = c if bias is None else a * op.bias(bias, z) + c
-    y = torch.addcmul(merged, a, raw)
+    y = norm.output_on_support(relevance)
+    if y is None:
+        y = torch.addcmul(merged, a, unscaled())
     spec = ctx.settings.linear
     if y.numel() < w.numel() and all(t.w == _same for g in GROUPS[spec.kind](spec) for t in g.terms):
         # W' = a W enters only as f_x^T(W', g) = f_x^T(W, a g): scale the (smaller) output instead
         op = _output_scaled(op, a)
     else:
         w = w * a.reshape((-1,) + (1,) * (w.dim() - 1))
-    r_x, absorbed = modified_z(op, x, w, merged, y, relevance, spec, lambda: a * raw)
+    r_x, absorbed = modified_z(op, x, w, merged, y, relevance, spec, lambda: a * unscaled())
     return RuleResult((r_x, None, None), absorbed)
 
 
