@@ -39,9 +39,10 @@ def _signed(value: Any) -> Any:
 
 
 def _zero_where_zero(relevance: torch.Tensor, result: torch.Tensor) -> bool:
-    """Whether ``relevance`` is zero wherever the non-negative ``result`` (a ReLU's) is zero:
-    ``sum |R| (1 - sign(result)) == 0``, by arithmetic (comparison masks are slow on CPU)."""
-    return float(relevance.abs().mul_(result.sign().neg_().add_(1)).sum()) == 0.0
+    """Whether ``relevance`` is zero wherever the non-negative ``result`` (a ReLU's) is zero."""
+    from .rules.common import zero_where_zero  # the rule modules import this one
+
+    return zero_where_zero(relevance, result)
 
 
 class NodeContext:

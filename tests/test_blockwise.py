@@ -97,3 +97,16 @@ def test_gamma_on_a_large_layer_is_the_same_blockwise(monkeypatch):
     scale = float(whole.abs().sum())  # shares that cancel to ~0 differ by rounding at this scale
     for key in ledger:
         assert ledger[key] == pytest.approx(whole_ledger[key], rel=1e-10, abs=1e-12 * scale)
+
+
+def test_zero_where_zero_blockwise(pair):
+    """The support check (relevance zero wherever a ReLU's result is) on a tensor of several blocks:
+    one non-zero element off the support, in the last block, is found."""
+    t, y = pair
+    y = y.clamp(min=0)
+    on_support = t * y.sign()
+    assert common.zero_where_zero(on_support, y)
+    off = torch.nonzero(y == 0)[-1]
+    assert off >= 2 * common.BLOCK
+    on_support[off] = 1e-300
+    assert not common.zero_where_zero(on_support, y)

@@ -162,6 +162,17 @@ def kept_total(t: torch.Tensor, y: torch.Tensor, positive: bool) -> torch.Tensor
     return total(t * sign_mask(y, positive))
 
 
+def zero_where_zero(t: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether ``t`` is zero wherever the non-negative ``y`` is: ``sum |t| (1 - sign(y)) == 0``, by
+    arithmetic (comparison masks are slow on CPU), blockwise for large tensors of one layout."""
+    def missed(block: torch.Tensor, y_block: torch.Tensor, *out: torch.Tensor) -> torch.Tensor:
+        return dot(torch.abs(block, out=out[0] if out else None),
+                   torch.sign(y_block, out=out[1] if out else None).neg_().add_(1))
+    if not _blockwise_pair(t, y):
+        return float(missed(t, y)) == 0.0
+    return float(torch.stack([missed(*blocks) for blocks in _blocks(t, y, dtype=y.dtype, buffers=2)]).sum()) == 0.0
+
+
 def abs_total(t: torch.Tensor) -> torch.Tensor:
     """``sum |t|`` (the scale of rounding errors in the ledger), float32 accumulation for half types.
     ``abs().sum()`` (``torch.linalg.vector_norm(t, 1)`` is about 4x slower on CPU), blockwise for

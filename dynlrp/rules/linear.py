@@ -72,9 +72,9 @@ class Parts:
             scale = pos if neg == 0.0 else neg
             return part if scale == 1.0 else part.mul_(scale)
         if neg == 1.0:
-            return t + (pos - 1.0) * t.clamp(min=0)
+            return t.clamp(min=0).mul_(pos - 1.0).add_(t)
         if pos == 1.0:
-            return t + (neg - 1.0) * t.clamp(max=0)
+            return t.clamp(max=0).mul_(neg - 1.0).add_(t)
         return pos * t.clamp(min=0) + neg * t.clamp(max=0)
 
 

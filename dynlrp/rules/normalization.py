@@ -80,7 +80,7 @@ def batch_norm(ctx: NodeContext, relevance):
 @replay("NativeBatchNormBackward0")
 def _batch_norm_forward(ctx: NodeContext):
     x, a, c = batch_norm_affine(ctx)
-    return (a * x + c, None, None)
+    return (torch.addcmul(c, a, x), None, None)
 
 
 # layer norm and group norm: the LN-rule ----------------------------------------------------------
