@@ -37,6 +37,28 @@ ROUTE_DEPTH = 8
 SHAPE_REACH = ROUTE_DEPTH + 2
 
 
+#: one-output shape nodes whose output holds each input element exactly once (a bijection)
+BIJECTIONS = REARRANGES | {"UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2",
+                           "CloneBackward0", "AliasBackward0"}
+
+
+def _selects(consumers: list, shape: torch.Size) -> tuple[int, list[int]] | None:
+    """``(dim, order)`` if the consumers are ``select(dim, i)`` for every ``i`` of that dim once
+    (``order``: consumer positions by index, e.g. a packed q/k/v projection), else ``None``."""
+    if not all(node_type(c) == "SelectBackward0" for c, _ in consumers):
+        return None
+    dims = {c._saved_dim % len(shape) for c, _ in consumers}
+    if len(dims) != 1:
+        return None
+    dim = dims.pop()
+    size = shape[dim]
+    index = {(c._saved_index - 2**64 if c._saved_index >= 2**63 else c._saved_index) % size: k
+             for k, (c, _) in enumerate(consumers)}
+    if len(index) != len(consumers) or len(index) != size:
+        return None
+    return dim, [index[i] for i in range(size)]
+
+
 class NeedValue(Exception):  # noqa: N818 - control flow, not an error
     """Raised inside a replay when an input value is not resolved yet (internal control flow)."""
 
@@ -124,7 +146,9 @@ class ValueStore:
         """``x`` gathered from its consumers when all of them only move elements (shape ops: split,
         view, transpose, select, ...) and their outputs are held: ``x = sum_i J_i^T y_i``, exact
         when every element is taken once (``sum_i J_i^T 1 = 1``, checked), e.g. a fused q/k/v
-        projection split into the three tensors attention saved."""
+        projection split into the three tensors attention saved. Known layouts need no check: one
+        rearranging consumer (:data:`BIJECTIONS`, ``x = J^-1 y``), or ``select(dim, i)`` for every
+        ``i`` once (``x`` is the stack of the selections)."""
         node, nr = edge
         consumers = [(c, slot) for c, slot, out_nr in self.graph.consumers.get(node, ()) if out_nr == nr]
         if depth > ROUTE_DEPTH or not consumers or any(
@@ -136,13 +160,23 @@ class ValueStore:
         if (sum(math.prod(m.shape) for m in outputs_meta) != math.prod(meta.shape)  # copies, or only a part
                 or any(m.dtype != meta.dtype for m in outputs_meta)):  # a cast rounds: not exact
             return None
-        gathered = cover = None
-        for consumer, slot in consumers:
-            outputs = [self.held((consumer, j), depth + 1) for j in range(len(consumer._input_metadata))]
-            if any(v is None for v in outputs):
+        outputs = []
+        for consumer, _ in consumers:
+            values = [self.held((consumer, j), depth + 1) for j in range(len(consumer._input_metadata))]
+            if any(v is None for v in values):
                 return None
-            part = call_backward(consumer, outputs)[slot]
-            ones = call_backward(consumer, [torch.ones_like(v) for v in outputs])[slot]
+            outputs.append(values)
+        layout = _selects(consumers, meta.shape)
+        if layout is not None:  # x[i] along one dim, every i once: x is their stack
+            dim, order = layout
+            return torch.stack([outputs[k][0] for k in order], dim)
+        if len(consumers) == 1 and len(outputs[0]) == 1 and node_type(consumers[0][0]) in BIJECTIONS:
+            part = call_backward(consumers[0][0], outputs[0])[consumers[0][1]]  # a rearrangement: J^T = J^-1
+            return None if part is None else part.reshape(meta.shape)
+        gathered = cover = None
+        for (consumer, slot), values in zip(consumers, outputs):
+            part = call_backward(consumer, values)[slot]
+            ones = call_backward(consumer, [torch.ones_like(v) for v in values])[slot]
             if part is None or ones is None:
                 return None
             gathered = part if gathered is None else gathered + part

@@ -206,6 +206,40 @@ def test_no_gathered_output_unless_every_element_is_copied_once(kind):
     assert store.held((node, 0)) is None
 
 
+def _packed_projection(picks: tuple[int, ...] = (0, 1, 2)):
+    """``nn.MultiheadAttention``'s packed in-projection: ``linear -> unflatten(3, E) -> unsqueeze ->
+    transpose -> squeeze -> contiguous -> select(0, i)`` for ``i`` in ``picks`` (q, k, v by default)
+    -> SDPA, which saves the selected pieces only."""
+    torch.manual_seed(0)
+    proj = nn.Linear(8, 24).double()
+    x = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    z = proj(x)
+    packed = z.unflatten(-1, (3, 8)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
+    pieces = [packed[i].view(1, 2, 5, 8) for i in picks]
+    out = torch.nn.functional.scaled_dot_product_attention(*pieces)
+    graph = Graph.build(out.grad_fn)
+    node = next(n for n in graph.order if node_type(n) == "AddmmBackward0")
+    return ValueStore(graph, REGISTRY), node, z.detach()
+
+
+def test_packed_projection_gathered_through_rearrangements_and_selects():
+    """The chain of one-to-one rearrangements is inverted without a coverage check and the three
+    selections of one dim are stacked: the projection's output, exactly, with no tensor of ones."""
+    store, node, z = _packed_projection()
+    held = store.held((node, 0))
+    assert held is not None and torch.equal(held, z)
+
+
+@pytest.mark.parametrize("picks", [(0, 0, 2), (2, 1, 0)])
+def test_selects_gathered_only_when_each_index_is_taken_once(picks):
+    store, node, z = _packed_projection(picks)
+    held = store.held((node, 0))
+    if len(set(picks)) < 3:  # index 1 never taken: the output is not fully held
+        assert held is None
+    else:  # any order of the selections
+        assert held is not None and torch.equal(held, z)
+
+
 class _Residual(nn.Module):
     """``z = x + scale * W LN(x)`` then a layer norm and a head: the branch output is held by no
     node, the sum ``z`` (the second layer norm's input) and ``x`` are."""
