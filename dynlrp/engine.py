@@ -63,12 +63,15 @@ class _Ledger:
 
     def values(self) -> list[float]:
         out = [0.0 if isinstance(v, torch.Tensor) else float(v) for v in self._entries]
-        by_device: dict[torch.device, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}  # 0-dim tensors of one device and dtype are stacked as they are
         for i, v in enumerate(self._entries):
             if isinstance(v, torch.Tensor):
-                by_device.setdefault(v.device, []).append(i)
-        for entries in by_device.values():  # one read per device
-            read = torch.stack([self._entries[i].detach().to(torch.float64).reshape(()) for i in entries]).tolist()
+                groups.setdefault((v.device, v.dtype, v.dim() == 0), []).append(i)
+        for (_, _, scalar), entries in groups.items():  # one read per group (a device sync each)
+            values = [self._entries[i] for i in entries]
+            if not scalar:
+                values = [v.reshape(()) for v in values]
+            read = torch.stack(values).to(torch.float64).tolist()
             for i, v in zip(entries, read):
                 out[i] = v
         return out

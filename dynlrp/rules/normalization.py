@@ -28,7 +28,7 @@ def batch_norm_affine(ctx: NodeContext):
         inv_std = torch.rsqrt(ctx.saved("running_var") + ctx.saved("eps"))
     weight = ctx.saved("weight")
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    a = (inv_std * (weight if weight is not None else 1.0)).to(x.dtype).view(shape)
+    a = (inv_std if weight is None else inv_std * weight).to(x.dtype).view(shape)
     mean = mean.to(x.dtype).view(shape)
     bias = ctx.operand(2)
     if bias is not None:
