@@ -34,8 +34,9 @@ def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: 
     divided, ``c = 0`` elsewhere (:func:`keep_sign`, no mask of ``c``'s size).
 
     Large contiguous operands of one shape are divided blockwise (:func:`_divide_blocks`): ``s``,
-    ``s - z`` and the mask live in block-sized buffers and only ``c`` is output-sized (on CPU each
-    fresh output-sized buffer costs its page faults: about 4x the time of the whole-tensor path)."""
+    ``s - z`` and the mask live in block-sized buffers and only ``c`` is output-sized (on CPU a fresh
+    output-sized buffer costs its page faults; 6.4M float32 elements: 6.7 ms blockwise, 8 to 23 ms
+    whole, as the allocator does or does not reuse memory)."""
     if _blockwise_divide(relevance, z, select):
         return _divide_blocks(relevance, z, epsilon, overwrite and not z.requires_grad, select)
     s = stabilize(z, epsilon)
