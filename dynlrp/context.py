@@ -8,7 +8,7 @@ import torch
 
 from .errors import MissingValueError
 from .graph import Node, call_backward, node_type, output_shapes
-from .saved import read_saved
+from .saved import read_saved, signed
 
 if TYPE_CHECKING:
     from .analysis import Analysis
@@ -28,14 +28,6 @@ class RuleResult:
     inputs: tuple[torch.Tensor | None, ...]
     absorbed: dict[str, Any] = field(default_factory=dict)
     sources: torch.Tensor | None = None
-
-
-def _signed(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 2**63:
-        return value - 2**64
-    if isinstance(value, tuple):
-        return tuple(_signed(v) for v in value)
-    return value
 
 
 def _zero_where_zero(relevance: torch.Tensor, result: torch.Tensor) -> bool:
@@ -81,7 +73,7 @@ class NodeContext:
         Negative dims that autograd hands out as unsigned 64-bit integers are turned back into
         negative Python ints.
         """
-        return _signed(read_saved(self.node, "_saved_" + name))
+        return signed(read_saved(self.node, "_saved_" + name))
 
     def input(self, slot: int) -> torch.Tensor:
         if self._replaying:

@@ -35,6 +35,16 @@ def read_saved(node: Node, attr: str) -> Any:
         raise
 
 
+def signed(value: Any) -> Any:
+    """A saved integer as autograd means it: values stored as uint64 (``2**64 - 1`` for -1) wrapped
+    back to negative; tuples item by item."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 2**63:
+        return value - 2**64
+    if isinstance(value, tuple):
+        return tuple(signed(v) for v in value)
+    return value
+
+
 @functools.cache
 def _raw_saved_names(kind: type) -> tuple[str, ...]:
     return tuple(name for name in dir(kind) if name.startswith("_raw_saved_"))

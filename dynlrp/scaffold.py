@@ -32,11 +32,10 @@ from typing import Any
 
 import torch
 
-from .context import _signed
 from .errors import DynLRPError
 from .graph import Node, node_type
 from .rules import REGISTRY
-from .saved import read_saved
+from .saved import read_saved, signed
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 NAME_RE = re.compile(r"^[A-Z][A-Za-z0-9]*Backward(\d*)$")
@@ -223,7 +222,7 @@ def describe_node(node: Node, value: Callable[[Node, int], torch.Tensor | None] 
         elif isinstance(item, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in item):
             saved_tensors[name] = [_tensor_info(t, values) if isinstance(t, torch.Tensor) else None for t in item]
         else:
-            text = repr(_signed(item))
+            text = repr(signed(item))
             saved_values[name] = text if len(text) <= 200 else text[:197] + "..."
     cls = getattr(node, "_forward_cls", None)
     opaque = f"{cls.__module__}.{cls.__qualname__}" if cls is not None else None

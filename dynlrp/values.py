@@ -18,7 +18,7 @@ import torch
 
 from .errors import MissingValueError
 from .graph import Edge, Graph, Node, call_backward, node_type
-from .saved import read_saved, release_saved
+from .saved import read_saved, release_saved, signed
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -52,7 +52,7 @@ def _selects(consumers: list, shape: torch.Size) -> tuple[int, list[int]] | None
         return None
     dim = dims.pop()
     size = shape[dim]
-    index = {(c._saved_index - 2**64 if c._saved_index >= 2**63 else c._saved_index) % size: k
+    index = {signed(c._saved_index) % size: k
              for k, (c, _) in enumerate(consumers)}
     if len(index) != len(consumers) or len(index) != size:
         return None
