@@ -1,6 +1,7 @@
 """``dynlrp.audit``: run a model, explain it, and report rule coverage and conservation per op."""
 from __future__ import annotations
 
+import gc
 import html
 import json
 import warnings
@@ -98,6 +99,7 @@ class AuditReport:
     paths_agree: float | None = None  # max |post hoc - recorded| / max |recorded| of the input relevance
     record_nbytes: int = 0  # bytes the plain record() block kept (shared storages such as parameters included)
     freed_agrees: float | None = None  # the same, explained with retain_graph=False (saved tensors freed behind)
+    cycles: int | None = None  # objects in reference cycles that explanation left behind (gc.collect() after it)
     missing_details: dict[str, MissingNode] = field(default_factory=dict)  # panel data per missing node type
     explanation: Explanation | None = field(default=None, repr=False, compare=False)
 
@@ -241,8 +243,10 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
     Both paths are run: post hoc (graph only) and from a plain ``record()`` of the forward. Where the
     graph lacks a value, ``needs_record`` says so and ``record_values`` lists each one (node, operand,
     module); where both run, ``paths_agree`` is their largest relative difference; ``freed_agrees``:
-    the same against ``explain(..., retain_graph=False)``, run last (it frees the graph). The explanation
-    returned is the post-hoc one where that is exact, else the recorded one.
+    the same against ``explain(..., retain_graph=False)``, run last (it frees the graph); ``cycles``: the
+    objects in reference cycles that this last explanation left for the garbage collector (none is
+    expected: ``explain`` pauses the collector). The explanation returned is the post-hoc one where
+    that is exact, else the recorded one.
     """
     label = name or type(model).__name__
     if any(module.training for module in model.modules()):
@@ -288,13 +292,15 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
         backward_ok = True
     except RuntimeError as err:
         backward_ok, error = False, error or f"backward after explain failed: {err}"
-    freed_agrees = None
+    freed_agrees = cycles = None
     if exp is not None and backward_ok:  # last: it frees the graph
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MissingRuleWarning)
             try:
+                gc.collect()
                 freed = explain(out, target, rules=rules, inputs=inputs or None, module_paths=paths,
                                 recording=plain if needs_record else False, retain_graph=False)
+                cycles = gc.collect()  # what the sweep, run with the collector paused, left to it
                 freed_agrees = _agreement(freed, exp, inputs)
             except DynLRPError as err:
                 error = error or f"{type(err).__name__} (retain_graph=False): {err}"
@@ -306,4 +312,5 @@ def audit(model: torch.nn.Module, *args: Any, target: Any = None, rules: Any = "
         promises=({**asdict(exp.promises), "rho": exp.promises.rho} if exp else None),
         activations=activations, backward_ok=backward_ok, error=error, needs_record=needs_record,
         record_values=record_values, paths_agree=agree, record_nbytes=record_nbytes, freed_agrees=freed_agrees,
+        cycles=cycles,
         missing_details=missing_details, explanation=exp)
