@@ -29,16 +29,17 @@ def test_sums_are_the_whole_tensor_sums(pair):
 
 
 @pytest.mark.parametrize("positive", [True, False])
-def test_keep_sign_and_kept_total(pair, positive):
-    t, y = pair
-    y[:7] = 0.0  # exact zeros are left out by either sign
+@pytest.mark.parametrize("size", [LARGE, 10])  # blockwise, whole tensor
+def test_divide_selected_keeps_one_sign(pair, positive, size):
+    """``c`` is ``R / s(z)`` where ``y`` has the selected sign and exactly 0 elsewhere (exact zeros of
+    ``y`` are left out by either sign); ``kept`` is the relevance there."""
+    r, z = (t[:size] for t in pair)
+    y = torch.roll(z, 3)
+    y[:7] = 0.0
     mask = (y > 0) if positive else (y < 0)
-    expected = torch.where(mask, t, 0.0)
-    torch.testing.assert_close(common.kept_total(t, y, positive), expected.sum(), rtol=1e-12, atol=0)
-    kept = common.keep_sign(t.clone(), y, positive)
-    assert torch.equal(kept, expected)
-    small = common.keep_sign(t[:10].clone(), y[:10], positive)  # the whole-tensor path
-    assert torch.equal(small, expected[:10])
+    c, _, kept = common.divide_selected(r, z, 1e-3, y, positive)
+    assert torch.equal(c, torch.where(mask, r / common.stabilize(z, 1e-3), 0.0))
+    torch.testing.assert_close(kept, torch.where(mask, r, 0.0).sum(), rtol=1e-12, atol=0)
 
 
 def _whole_divide(r, z, eps, select=None):
@@ -53,21 +54,25 @@ def _whole_divide(r, z, eps, select=None):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("select", [None, "other", "z"])
-def test_divide_blockwise_is_the_whole_tensor_division(pair, dtype, overwrite, select):
+@pytest.mark.parametrize("size", [LARGE, 10])  # blockwise, whole tensor
+def test_divide_blockwise_is_the_whole_tensor_division(pair, dtype, overwrite, select, size):
     """``divide`` on large operands runs blockwise: the same ``c`` bit for bit, the stabiliser share
     to rounding, with ``z``'s buffer reused (``overwrite``) and a selection by another tensor or by
-    ``z`` itself (its mask is taken before ``c`` overwrites ``z``)."""
-    r, z = (t.to(dtype) for t in pair)
+    ``z`` itself (its mask is taken before ``c`` overwrites ``z``), as on small ones."""
+    r, z = (t[:size].to(dtype) for t in pair)
     z[:5] = torch.tensor([0.0, -0.0, 1e-9, -1e-9, 0.0], dtype=dtype)  # |s| near epsilon
     y = {None: None, "other": torch.roll(z, 1), "z": z}[select]
     positive = True
     expected_c, expected_lost, flow = _whole_divide(r, z, 1e-3, None if y is None else (y.clone(), positive))
     z_in, before = (z.clone() if overwrite else z), z.clone()
-    c, lost = common.divide(r, z_in, 1e-3, overwrite=overwrite,
-                            select=None if y is None else (z_in if select == "z" else y, positive))
+    if y is None:
+        c, lost = common.divide(r, z_in, 1e-3, overwrite=overwrite)
+    else:
+        c, lost, _ = common.divide_selected(r, z_in, 1e-3, z_in if select == "z" else y, positive, overwrite=overwrite)
     assert torch.equal(c, expected_c)
-    assert (c.data_ptr() == z_in.data_ptr()) == overwrite  # overwrite: c takes z's buffer
-    assert not overwrite or c is z_in
+    if size == LARGE:  # blockwise, overwrite: c takes z's buffer (whole: c takes s's, z holds s - z)
+        assert (c.data_ptr() == z_in.data_ptr()) == overwrite
+        assert not overwrite or c is z_in
     rounding = 1e-6 if dtype == torch.float32 else 1e-14  # of the sum, on the scale of its terms
     torch.testing.assert_close(lost, expected_lost, rtol=0, atol=float(rounding * flow))
     if not overwrite:

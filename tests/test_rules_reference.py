@@ -266,6 +266,24 @@ def test_dense_layer_with_relevance_in_few_rows(kind, frozen):
     assert exp.relevance(x)[[0, 1, 2, 3, 5]].abs().max() == 0
 
 
+@pytest.mark.parametrize(("live", "selected"), [
+    ([63], True), ([15, 31, 47, 63], True), (list(range(1, 64, 4)), True),  # positions no probe reads
+    (list(range(0, 64, 4)), False),  # every probed row live: taken as dense, no full scan
+    (list(range(33)), False), (list(range(64)), False), ([], True)])
+def test_live_rows_of_a_relevance(live, selected):
+    """The rows with relevance are selected (exactly those) when they are at most half of them,
+    unless most of the probed rows (every 4th of 64 here) are live: then the relevance is taken as
+    dense, which computes the same result over all rows."""
+    from dynlrp.rules.linear import _live_rows
+
+    torch.manual_seed(0)
+    r = torch.zeros(64, 3)
+    r[live] = torch.rand(len(live), 3) + 0.1
+    rows = _live_rows(r)
+    assert (rows is not None) == selected
+    assert rows is None or rows.tolist() == live
+
+
 @pytest.mark.parametrize("dense_relevance", [False, True])
 def test_conv_before_relu_reads_z_from_the_relu_only_where_that_is_exact(dense_relevance):
     """A ReLU keeps ``max(z, 0)``, not ``z``. The conv rule may use it in place of ``z`` only when

@@ -25,20 +25,35 @@ def broadcasts_into(shape: torch.Size | tuple[int, ...], target: torch.Size | tu
         have in (1, want) for have, want in zip(reversed(shape), reversed(target)))
 
 
-def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: bool = False,
-           select: tuple[torch.Tensor, bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float,
+           overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c, stabiliser)``: ``c = R / s(z)`` and the stabiliser's share ``sum (s - z) c`` (what the
     stabiliser keeps from the inputs), computed with ``s - z`` as rounded. ``c`` is always the caller's
     own tensor (it may be scaled in place). ``overwrite``: ``z`` is the caller's own temporary, and its
-    buffer is reused. ``select = (y, positive)``: only the relevance where ``y > 0`` (``y < 0``) is
-    divided, ``c = 0`` elsewhere (:func:`keep_sign`, no mask of ``c``'s size).
+    buffer is reused.
 
     Large contiguous operands of one shape are divided blockwise (:func:`_divide_blocks`): ``s``,
     ``s - z`` and the mask live in block-sized buffers and only ``c`` is output-sized (on CPU a fresh
     output-sized buffer costs its page faults; 6.4M float32 elements: 6.7 ms blockwise, 8 to 23 ms
     whole, as the allocator does or does not reuse memory)."""
+    c, lost, _ = _divide(relevance, z, epsilon, overwrite, None)
+    return c, lost
+
+
+def divide_selected(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, y: torch.Tensor, positive: bool,
+                    overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`divide` on the outputs where ``y > 0`` (``positive``; else ``y < 0``) only: ``c = R / s(z)``
+    there and 0 elsewhere, the stabiliser's share of that ``c``, and ``kept = sum R`` there (the
+    relevance the selection keeps). One selection mask, taken before ``c`` may take ``z``'s buffer
+    (``y`` may be ``z``), serves ``c`` and ``kept``; blockwise, one of block size."""
+    return _divide(relevance, z, epsilon, overwrite, (y, positive))
+
+
+def _divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: bool,
+            select: tuple[torch.Tensor, bool] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if _blockwise_divide(relevance, z, select):
         return _divide_blocks(relevance, z, epsilon, overwrite and not z.requires_grad, select)
+    mask = None if select is None else sign_mask(*select)
     s = stabilize(z, epsilon)
     if overwrite and z.is_floating_point() and not z.requires_grad:
         lost = torch.sub(s, z, out=z)
@@ -46,9 +61,10 @@ def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: 
         lost = s - z
     c = torch.div(relevance, s, out=s) if broadcasts_into(relevance.shape, s.shape) and (
         s.dtype == torch.promote_types(s.dtype, relevance.dtype)) else relevance / s
-    if select is not None:
-        c = keep_sign(c, *select)
-    return c, dot(lost, c)
+    if mask is None:
+        return c, dot(lost, c), None
+    c = c.mul_(mask) if broadcasts_into(mask.shape, c.shape) and c.dtype == mask.dtype else c * mask
+    return c, dot(lost, c), dot(relevance, mask)
 
 
 def _blockwise_divide(relevance: torch.Tensor, z: torch.Tensor, select) -> bool:
@@ -57,24 +73,25 @@ def _blockwise_divide(relevance: torch.Tensor, z: torch.Tensor, select) -> bool:
 
 
 def _divide_blocks(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, overwrite: bool,
-                   select: tuple[torch.Tensor, bool] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`divide` block by block: per block ``s = s(z)``, ``lost = s - z``, the selection mask of
-    ``y`` (before ``c`` is written: ``c`` may take ``z``'s buffer, and ``y`` may be ``z``), ``c = R / s``
-    and ``dot(lost, c)``. The same ``c`` as the whole-tensor path, bit for bit."""
+                   select: tuple[torch.Tensor, bool] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`_divide` block by block: per block ``s = s(z)``, ``lost = s - z``, the selection mask of
+    ``y`` (before ``c`` is written: ``c`` may take ``z``'s buffer, and ``y`` may be ``z``), ``c = R / s``,
+    ``dot(lost, c)`` and ``dot(R, mask)``. The same ``c`` as the whole-tensor path, bit for bit."""
     c = z if overwrite else torch.empty_like(z)
     y = () if select is None else (select[0],)
-    parts = []
+    parts, kept = [], []
     for z_block, r_block, c_block, *rest in _blocks(z, relevance, c, *y, dtype=z.dtype, buffers=3):
         *y_block, s, lost, mask = rest
         stabilize(z_block, epsilon, out=s)
         torch.sub(s, z_block, out=lost)
         if select is not None:
             sign_mask(y_block[0], select[1], mask)
+            kept.append(dot(r_block, mask))
         torch.div(r_block, s, out=c_block)
         if select is not None:
             c_block.mul_(mask)
         parts.append(dot(lost, c_block))
-    return c, torch.stack(parts).sum()
+    return c, torch.stack(parts).sum(), torch.stack(kept).sum() if kept else None
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -146,25 +163,6 @@ def sign_mask(y: torch.Tensor, positive: bool, out: torch.Tensor | None = None) 
 
 def _blockwise_pair(t: torch.Tensor, y: torch.Tensor) -> bool:
     return _large(t) and t.shape == y.shape and t.dtype == y.dtype and y.is_contiguous()
-
-
-def keep_sign(t: torch.Tensor, y: torch.Tensor, positive: bool) -> torch.Tensor:
-    """``t * sign_mask(y)``, in place where ``t`` (the caller's own) has ``y``'s shape, blockwise for
-    large tensors (no mask of ``t``'s size)."""
-    if _blockwise_pair(t, y):
-        for block, y_block, out in _blocks(t, y, dtype=y.dtype):
-            block.mul_(sign_mask(y_block, positive, out))
-        return t
-    mask = sign_mask(y, positive)
-    return t.mul_(mask) if broadcasts_into(mask.shape, t.shape) and t.dtype == mask.dtype else t * mask
-
-
-def kept_total(t: torch.Tensor, y: torch.Tensor, positive: bool) -> torch.Tensor:
-    """``total(t * sign_mask(y))`` without a tensor of ``t``'s size where the layouts allow it."""
-    if _blockwise_pair(t, y):
-        return torch.stack([dot(block, sign_mask(y_block, positive, out))
-                            for block, y_block, out in _blocks(t, y, dtype=y.dtype)]).sum()
-    return total(t * sign_mask(y, positive))
 
 
 def zero_where_zero(t: torch.Tensor, y: torch.Tensor) -> bool:

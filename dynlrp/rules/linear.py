@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import NodeContext, RuleResult
-from .common import broadcast_total, broadcasts_into, divide, kept_total, total
+from .common import broadcast_total, broadcasts_into, divide, divide_selected, total
 from .normalization import batch_norm_affine, batch_norm_after
 from .registry import replay, rule, saved_values
 
@@ -379,11 +379,11 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     for group, live in live_groups:
         big_b = _group_bias(op, group, b, z)
         big_z, own = terms.z(group, live, z, big_b)
-        # R_g = R where z > 0 (z < 0), else 0: applied to c = R / s, blockwise (no R_g, no mask)
-        select = None if group.select == "all" else (z, group.select == "pos")
-        if select is not None:
-            absorbed["rule"] = absorbed["rule"] - group.coef * kept_total(relevance, *select)
-        c, lost = divide(relevance, big_z, spec.epsilon, overwrite=own, select=select)  # own Z: reused
+        if group.select == "all":
+            c, lost = divide(relevance, big_z, spec.epsilon, overwrite=own)  # own Z: its buffer reused
+        else:  # R_g = R where z > 0 (z < 0), else 0: applied to c = R / s (no R_g)
+            c, lost, kept = divide_selected(relevance, big_z, spec.epsilon, z, group.select == "pos", overwrite=own)
+            absorbed["rule"] = absorbed["rule"] - group.coef * kept
         big_z = None  # not needed below: freed before the VJPs (peak memory)
         if big_b is not None:
             absorbed["bias"] = absorbed["bias"] + group.coef * broadcast_total(big_b, c)
@@ -422,11 +422,23 @@ saved_values("MmBackward0", "BmmBackward0", inputs={0: "_saved_self", 1: "_saved
 saved_values("ConvolutionBackward0", inputs={0: "_saved_input", 1: "_saved_weight"})
 
 
+#: rows of a relevance that :func:`_live_rows` probes before it scans them all
+PROBED_ROWS = 16
+
+
 def _live_rows(relevance: torch.Tensor) -> torch.Tensor | None:
     """Indices of the rows of a 2-D relevance that are not all zero, when they are at most half
-    of the rows (e.g. a language model's head explained at one position), else ``None``."""
+    of the rows (e.g. a language model's head explained at one position), else ``None``. Every
+    ``n / PROBED_ROWS``-th row is probed first: if most of those are live, the relevance is taken
+    as dense (at worst the row selection is not used; the result is the same) without a scan of
+    all of it (a comparison mask of its size on every linear layer of a transformer)."""
     if relevance.dim() != 2 or relevance.shape[0] < 2:
         return None
+    stride = relevance.shape[0] // PROBED_ROWS
+    if stride > 1:
+        probe = relevance[::stride]
+        if int(probe.ne(0).any(1).sum()) > probe.shape[0] // 2:
+            return None
     live = relevance.ne(0).any(1)
     return live.nonzero().squeeze(1) if int(live.sum()) <= relevance.shape[0] // 2 else None
 
