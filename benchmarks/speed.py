@@ -26,9 +26,11 @@ Protocol.
   ``forward``               the forward under ``torch.no_grad()``
   ``fwd_bwd``               forward + ``torch.autograd.grad(target scores, x)`` (Gradient x Input; only the
                             input gradient is computed, parameters keep ``requires_grad``)
-  ``dynlrp:<preset>``       forward + ``dynlrp.explain(scores, target, rules=preset, inputs=[x], retain_graph=False)``
-                            (saved tensors freed behind the sweep, as ``autograd.grad`` frees them;
-                            ``--retain-graph on``: the default ``explain``, which only reads the graph); the forward
+  ``dynlrp:<preset>``       forward + ``dynlrp.explain(scores, target, rules=preset, inputs=[x], retain_graph=False,
+                            plans=cache)`` (saved tensors freed behind the sweep, as ``autograd.grad`` frees them;
+                            ``--retain-graph on``: the default ``explain``, which only reads the graph; ``cache``:
+                            one ``PlanCache`` for the calls on this model and preset, built by the first call,
+                            reused by the repeated ones; ``--plans off``: none); the forward
                             runs inside ``dynlrp.record()`` where the graph lacks forward values
                             (``--record auto``, decided on the zoo's tiny build: Flan-T5's masks), which the
                             ``note`` column says
@@ -194,6 +196,7 @@ class Case:
     nodes: int = 0
     merge_batch_norm: bool = True  # dynlrp presets merge batch norm into the convolution before it (as zennit)
     retain_graph: bool = False  # dynlrp's explain(retain_graph=...): False frees saved tensors behind the sweep
+    plans: bool = True  # dynlrp's calls share one PlanCache (the first builds the plan, the next reuse it)
 
     @property
     def info(self) -> CaseInfo:
@@ -322,12 +325,13 @@ def needs_record(name: str, attn: str | None, preset: str) -> bool:
 def _dynlrp(case: Case, preset: str, stack: contextlib.ExitStack) -> Run:
     rules = dynlrp_preset(preset, case.x.device, case.merge_batch_norm)
     record = case.record == "always" or (case.record == "auto" and needs_record(case.model, case.attn, preset))
+    plans = dynlrp.PlanCache() if case.plans else None
 
     def run() -> object:
         x = case.leaf()
         with dynlrp.record() if record else contextlib.nullcontext():
             out = case.scores(x)
-        return dynlrp.explain(out, target=case.target, rules=rules, inputs=[x],
+        return dynlrp.explain(out, target=case.target, rules=rules, inputs=[x], plans=plans,
                               retain_graph=case.retain_graph).relevance(x)
     run.note = "forward in dynlrp.record()" if record else ""
     return run
@@ -623,7 +627,7 @@ def probe_command(args: argparse.Namespace, model: str, method: str) -> list[str
 
 #: options that a probe or the LXT-env process takes over from this run
 SHARED_OPTIONS = ("size", "batch", "tokens", "image_size", "attn", "device", "record", "merge_batch_norm",
-                  "retain_graph", "threads")
+                  "retain_graph", "plans", "threads")
 
 
 def shared_options(args: argparse.Namespace) -> list[str]:
@@ -642,6 +646,7 @@ def case_from_args(args: argparse.Namespace, name: str, count_nodes: bool = True
                       attn=args.attn, device=args.device, record=args.record, count_nodes=count_nodes)
     case.merge_batch_norm = getattr(args, "merge_batch_norm", "on") == "on"
     case.retain_graph = getattr(args, "retain_graph", "off") == "on"
+    case.plans = getattr(args, "plans", "on") == "on"
     return case
 
 
@@ -1003,6 +1008,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row] | None:
     parser.add_argument("--retain-graph", default="off", choices=("off", "on"),
                         help="dynlrp's explain(retain_graph=...): off frees each node's saved tensors once the"
                              " sweep no longer needs them (as autograd.grad does); on only reads the graph")
+    parser.add_argument("--plans", default="on", choices=("on", "off"),
+                        help="dynlrp's calls on one model and preset share a PlanCache (the first call builds"
+                             " the promise plan, the repeated calls reuse it, as when explaining many inputs)")
     parser.add_argument("--record", default="auto", choices=("auto", "always", "never"),
                         help="dynlrp's forward inside dynlrp.record(): auto = where the graph lacks values")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

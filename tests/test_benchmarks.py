@@ -100,3 +100,16 @@ def test_scaling_fit_and_table():
     assert len(rows) == 3 and all(len(r) == len(scaling.HEADER) for r in rows)
     assert rows[0][scaling.HEADER.index("dynlrp/(fwd+bwd)")] == "2"
     assert any(line.startswith("- depth, dynlrp") for line in scaling.analysis(points, (1, 16, 1)))
+
+
+def test_plans_benchmark_reuses_one_plan_and_changes_nothing(tmp_path):
+    """``benchmarks.plans``: every timed call with the cache reads the plan the first call built, and
+    the relevance is the same with and without it."""
+    from benchmarks import plans
+
+    (result,) = plans.main(["--models", "gpt2", "--size", "tiny", "--tokens", "8", "--repeats", "2",
+                            "--out", str(tmp_path)])
+    assert result.hits == 2 and result.max_diff == 0.0 and result.promises > 0
+    assert result.none_s > 0 and result.plan_s > 0
+    table = (tmp_path / "plans.md").read_text().splitlines()
+    assert len(table) == 3 and table[2].startswith("| gpt2 | tiny |")
