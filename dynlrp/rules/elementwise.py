@@ -52,17 +52,23 @@ def _signed_sum(ctx: NodeContext, relevance, coefficients: tuple[float, ...]) ->
     (r,) = relevance
     values, derived = _operands(ctx, coefficients)
     terms = [v if c == 1.0 else c * v for c, v in zip(coefficients, values)]
-    z = terms[0]
-    for t in terms[1:]:
-        z = z + t
+
+    def output() -> torch.Tensor:
+        z = terms[0]
+        for t in terms[1:]:
+            z = z + t
+        return z
+
+    z = output()
     own = len(terms) > 1 and z.shape == r.shape  # a new tensor that no share reads: divide may reuse it
-    z = torch.broadcast_to(z, r.shape)
-    # a mask added to a mask overflows to -inf: no shares there (inf * 0 = nan). A finite sum means
-    # every element is finite (the elementwise check is the slow path)
-    finite = None if bool(torch.isfinite(z.sum())) or bool(torch.isfinite(z).all()) else torch.isfinite(z)
-    if finite is None:
-        c, lost = divide(r, z, ctx.settings.epsilon, overwrite=own)
-    else:
+    c, lost = divide(r, torch.broadcast_to(z, r.shape), ctx.settings.epsilon, overwrite=own)
+    finite = None
+    # a mask added to a mask overflows to -inf: no shares there (inf * 0 = nan). An infinite z makes
+    # the stabiliser's share NaN ((inf - inf) * 0), so a finite share means every z is finite; else
+    # the slow path, with z formed again (divide may have taken its buffer)
+    if not bool(torch.isfinite(lost)):
+        z = torch.broadcast_to(output(), r.shape)
+        finite = torch.isfinite(z)
         s = stabilize(z, ctx.settings.epsilon)
         c = r / s
         lost = total(torch.where(finite, (s - z) * c, 0.0))
