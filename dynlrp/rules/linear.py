@@ -224,7 +224,8 @@ def _group_bias(op: BilinearOp, group: Group, b: torch.Tensor | None, z: torch.T
     if b is not None:
         for term in group.terms:
             if term.b is not None:
-                part = term.sign * op.bias(term.b(b), z)
+                part = op.bias(term.b(b), z)
+                part = part if term.sign == 1.0 else term.sign * part
                 big_b = part if big_b is None else big_b + part
     return big_b
 
@@ -356,6 +357,14 @@ class _Shared:
         return r_x.mul_(self.x) if broadcasts_into(self.x.shape, r_x.shape) else r_x * self.x
 
 
+def _book(absorbed: dict, cause: str, coef: float, value: torch.Tensor) -> None:
+    """``absorbed[cause] += coef * value`` with no tensor op for a coefficient of 1 or a first entry
+    (the ledger's scalars: each op on a 0-dim tensor costs as much as a small kernel's launch)."""
+    value = value if coef == 1.0 else coef * value
+    held = absorbed[cause]
+    absorbed[cause] = value if isinstance(held, float) and held == 0.0 else held + value
+
+
 def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                z: torch.Tensor, relevance: torch.Tensor, spec: LinearRule, product: torch.Tensor | None = None):
     """The modified-z rule (module docstring) for one layer; returns ``(R_x, absorbed)``.
@@ -383,11 +392,11 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
             c, lost = divide(relevance, big_z, spec.epsilon, overwrite=own)  # own Z: its buffer reused
         else:  # R_g = R where z > 0 (z < 0), else 0: applied to c = R / s (no R_g)
             c, lost, kept = divide_selected(relevance, big_z, spec.epsilon, z, group.select == "pos", overwrite=own)
-            absorbed["rule"] = absorbed["rule"] - group.coef * kept
+            _book(absorbed, "rule", -group.coef, kept)
         big_z = None  # not needed below: freed before the VJPs (peak memory)
         if big_b is not None:
-            absorbed["bias"] = absorbed["bias"] + group.coef * broadcast_total(big_b, c)
-        absorbed["stabiliser"] = absorbed["stabiliser"] + group.coef * lost
+            _book(absorbed, "bias", group.coef, broadcast_total(big_b, c))
+        _book(absorbed, "stabiliser", group.coef, lost)
         terms.add(group, live, c)  # may scale c in place
     r_x = terms.relevance()
     return (torch.zeros_like(x) if r_x is None else r_x), absorbed
@@ -560,9 +569,10 @@ def _output_scaled(op: BilinearOp, a: torch.Tensor) -> BilinearOp:
 
 def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: NodeContext, relevance) -> RuleResult:
     """The convolution and the batch norm after it as one layer ``y = conv(x, a W) + (a b + c)``.
-    Where a node keeps ``y`` on the relevance's support (a following ReLU's result), that is ``y``
-    for the rule, as for a plain convolution: no pass forms it, and under gamma the ``y < 0`` group,
-    which has no relevance there, is skipped."""
+    Under rules that select outputs by sign (gamma), a following ReLU's result is ``y`` on the
+    relevance's support, as for a plain convolution: no pass forms it, and the ``y < 0`` group,
+    which has no relevance there, is skipped. Otherwise ``y`` is formed from the batch norm's saved
+    input (one addcmul)."""
     z, a, c = batch_norm_affine(norm)  # z: this convolution's output, saved by the batch norm
     raw = None  # f(x, W), formed only where needed
     if _has_bias(ctx) and bias is None:  # a frozen bias nothing holds: recovered from z
@@ -573,11 +583,15 @@ def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: Node
         return raw if raw is not None else z if bias is None else z - op.bias(bias, z)
 
     merged = c if bias is None else a * op.bias(bias, z) + c
-    y = norm.output_on_support(relevance)
+    spec = ctx.settings.linear
+    groups = GROUPS[spec.kind](spec)
+    # a following ReLU's result stands in for y where a group selects outputs by sign (gamma: the y < 0
+    # group is skipped); elsewhere y is only a denominator, and one addcmul costs less than the check
+    # that the relevance lies on that result's support
+    y = norm.output_on_support(relevance) if any(g.select != "all" for g in groups) else None
     if y is None:
         y = torch.addcmul(merged, a, unscaled())
-    spec = ctx.settings.linear
-    if y.numel() < w.numel() and all(t.w == _same for g in GROUPS[spec.kind](spec) for t in g.terms):
+    if y.numel() < w.numel() and all(t.w == _same for g in groups for t in g.terms):
         # W' = a W enters only as f_x^T(W', g) = f_x^T(W, a g): scale the (smaller) output instead
         op = _output_scaled(op, a)
     else:
