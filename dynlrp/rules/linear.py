@@ -571,8 +571,8 @@ def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: Node
     """The convolution and the batch norm after it as one layer ``y = conv(x, a W) + (a b + c)``.
     Under rules that select outputs by sign (gamma), a following ReLU's result is ``y`` on the
     relevance's support, as for a plain convolution: no pass forms it, and the ``y < 0`` group,
-    which has no relevance there, is skipped. Otherwise ``y`` is formed from the batch norm's saved
-    input (one addcmul)."""
+    which has no relevance there, is skipped. Otherwise ``y`` is read where a node holds it, or formed
+    from the batch norm's saved input (one addcmul)."""
     z, a, c = batch_norm_affine(norm)  # z: this convolution's output, saved by the batch norm
     raw = None  # f(x, W), formed only where needed
     if _has_bias(ctx) and bias is None:  # a frozen bias nothing holds: recovered from z
@@ -585,10 +585,12 @@ def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: Node
     merged = c if bias is None else a * op.bias(bias, z) + c
     spec = ctx.settings.linear
     groups = GROUPS[spec.kind](spec)
-    # a following ReLU's result stands in for y where a group selects outputs by sign (gamma: the y < 0
-    # group is skipped); elsewhere y is only a denominator, and one addcmul costs less than the check
-    # that the relevance lies on that result's support
-    y = norm.output_on_support(relevance) if any(g.select != "all" for g in groups) else None
+    # y held by a node; else a following ReLU's result where a group selects outputs by sign (gamma: the
+    # y < 0 group is skipped); elsewhere y is only a denominator, and one addcmul costs less than the
+    # check that the relevance lies on that result's support
+    y = norm.held_output()
+    if y is None and any(g.select != "all" for g in groups):
+        y = norm.output_on_support(relevance)
     if y is None:
         y = torch.addcmul(merged, a, unscaled())
     if y.numel() < w.numel() and all(t.w == _same for g in groups for t in g.terms):
