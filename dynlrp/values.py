@@ -47,7 +47,7 @@ def _selects(consumers: list, shape: torch.Size) -> tuple[int, list[int]] | None
     (``order``: consumer positions by index, e.g. a packed q/k/v projection), else ``None``."""
     if not all(node_type(c) == "SelectBackward0" for c, _ in consumers):
         return None
-    dims = {c._saved_dim % len(shape) for c, _ in consumers}
+    dims = {signed(c._saved_dim) % len(shape) for c, _ in consumers}
     if len(dims) != 1:
         return None
     dim = dims.pop()

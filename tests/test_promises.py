@@ -365,3 +365,20 @@ def test_the_store_holds_no_value_behind_the_sweep(monkeypatch):
     monkeypatch.setattr(ValueStore, "release", release)
     reference = dynlrp.explain(out, inputs=[x])
     torch.testing.assert_close(exp.relevance(x), reference.relevance(x), rtol=1e-10, atol=1e-14)
+
+
+def test_selects_along_a_negative_dim_are_stacked_along_that_dim():
+    """``select(-1, i)``: autograd stores the dim as an unsigned 64-bit integer (``2**64 - 1``); it is
+    the last dim, also for a 3-d tensor whose every dim has the same size (the value would otherwise
+    be stacked along another dim, of the right shape)."""
+    torch.manual_seed(0)
+    proj = nn.Linear(4, 27).double()
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    z = proj(x).view(2, 3, 3, 3)[0]  # a 3 x 3 x 3 cube
+    q, k, v = (z.select(-1, i) for i in range(3))
+    graph = Graph.build(((q * k) * v).grad_fn)  # the products save q, k and v
+    selects = [n for n in graph.order if node_type(n) == "SelectBackward0"]
+    producer, nr = graph.edges[selects[0]][0]
+    assert node_type(producer) == "SelectBackward0" and len(graph.consumers[producer]) == 3  # z = [0] of the view
+    held = ValueStore(graph, REGISTRY).held((producer, nr))
+    assert held is not None and torch.equal(held, z.detach())

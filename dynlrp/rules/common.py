@@ -33,9 +33,9 @@ def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float,
     buffer is reused.
 
     Large contiguous operands of one shape are divided blockwise (:func:`_divide_blocks`): ``s``,
-    ``s - z`` and the mask live in block-sized buffers and only ``c`` is output-sized (on CPU a fresh
-    output-sized buffer costs its page faults; 6.4M float32 elements: 6.7 ms blockwise, 8 to 23 ms
-    whole, as the allocator does or does not reuse memory)."""
+    ``s - z`` (and :func:`divide_selected`'s mask) live in block-sized buffers and only ``c`` is
+    output-sized (on CPU a fresh output-sized buffer costs its page faults; 6.4M float32 elements:
+    6.7 ms blockwise, 8 to 23 ms whole, as the allocator does or does not reuse memory)."""
     c, lost, _ = _divide(relevance, z, epsilon, overwrite, None)
     return c, lost
 
