@@ -40,7 +40,7 @@ from .record import Recording, find_recording
 from .rules import REGISTRY
 from .rules.common import reduce_to_shape, total, totals, wide_total
 from .saved import release_schedule
-from .values import SHAPE_REACH, ValueStore
+from .values import SCALES, SHAPE_REACH, ValueStore
 
 LINEAR_TYPES = frozenset({"AddmmBackward0", "MmBackward0", "BmmBackward0", "ConvolutionBackward0"})
 FALLBACK = "fallback:gradient"
@@ -427,7 +427,8 @@ class _Sweep:
         if self.plan is not None and self.plan.release is not None:
             return self.plan.release
         rules, data = REGISTRY.rules, self.data
-        schedule = release_schedule(self.graph, lambda n: getattr(rules.get(node_type(n)), "family", "") == "shape",
+        schedule = release_schedule(self.graph, lambda n: node_type(n) in SCALES
+                                    or getattr(rules.get(node_type(n)), "family", "") == "shape",
                                     SHAPE_REACH, lambda n: data[n])
         if self.plan is not None:
             self.plan.release = schedule

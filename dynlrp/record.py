@@ -26,6 +26,7 @@ referenced elsewhere is found too. Pass ``explain(..., recording=rec)`` to be ex
 """
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import weakref
@@ -37,6 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import MissingValueError
+from .graph import node_type
 from .saved import read_saved
 
 if TYPE_CHECKING:
@@ -221,42 +223,61 @@ def _normalise(name: str) -> str:
     return name.replace("_", "").lower()
 
 
+@functools.cache
 def _node_base(node_name: str) -> str:
     return _normalise(re.sub(r"Backwards?\d*$", "", node_name))
 
 
-_WRITTEN: dict[Any, frozenset[str]] = {}
+@dataclass(frozen=True)
+class _Schema:
+    """What the recorder reads of an aten op's schema, parsed once per op (every call of the op in a
+    forward reads it: parsing per call was most of the recorder's own time)."""
+
+    names: tuple[str, ...]
+    keyword_only: tuple[bool, ...]
+    types: dict[str, str]  # argument name -> its type as the schema writes it ("Tensor", "Optional[Tensor]")
+    written: frozenset[str]  # the arguments the op writes into (in-place and ``out=`` variants)
+    base: str  # the op's name, normalised as node names are (no namespace, overload or trailing ``_``)
+
+
+_SCHEMAS: dict[Any, _Schema] = {}
+
+
+def _schema(op: Any) -> _Schema:
+    found = _SCHEMAS.get(op)
+    if found is None:
+        arguments = op._schema.arguments
+        found = _Schema(tuple(a.name for a in arguments), tuple(a.kwarg_only for a in arguments),
+                        {a.name: str(a.type) for a in arguments},
+                        frozenset(a.name for a in arguments if a.alias_info is not None and a.alias_info.is_write),
+                        _normalise(op._schema.name.split("::")[-1]).rstrip("_"))
+        _SCHEMAS[op] = found
+    return found
 
 
 def _written_arguments(op: Any) -> frozenset[str]:
     """Names of the arguments an aten op writes into (in-place and ``out=`` variants)."""
-    found = _WRITTEN.get(op)
-    if found is None:
-        found = frozenset(a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write)
-        _WRITTEN[op] = found
-    return found
+    return _schema(op).written
 
 
 def _arguments(op: Any, args: tuple, kwargs: dict) -> list[tuple[str, Any, bool]]:
     """The op's arguments in schema order: ``(name, value, keyword-only)``."""
-    out = []
-    for i, arg in enumerate(op._schema.arguments):
-        if i < len(args):
-            out.append((arg.name, args[i], arg.kwarg_only))
-        elif arg.name in kwargs:
-            out.append((arg.name, kwargs[arg.name], arg.kwarg_only))
-    return out
+    schema = _schema(op)
+    count = len(args)
+    return [(name, args[i] if i < count else kwargs[name], keyword)
+            for i, (name, keyword) in enumerate(zip(schema.names, schema.keyword_only))
+            if i < count or name in kwargs]
 
 
 def _slot_candidates(op: Any, arguments: list[tuple[str, Any, bool]]) -> list[tuple[str, torch.Tensor | None]]:
     """Arguments that can be input slots, in schema order: floating-point tensors (also inside tensor
     lists) and absent optional tensors (``None``: autograd gives them a ``(None, 0)`` edge too)."""
-    types = {a.name: str(a.type) for a in op._schema.arguments}
+    types = _schema(op).types
     found: list[tuple[str, torch.Tensor | None]] = []
     for name, value, _ in arguments:
-        if value is None and types.get(name) == "Optional[Tensor]":
+        if value is None and types[name] == "Optional[Tensor]":
             found.append((name, None))
-        elif isinstance(value, (bool, int, float, complex)) and types.get(name) == "Tensor":
+        elif isinstance(value, (bool, int, float, complex)) and types[name] == "Tensor":
             found.append((name, _wrapped(value)))  # a Python scalar given for a tensor (``x + 1.0``)
         for item in value if isinstance(value, (list, tuple)) else (value,):
             if isinstance(item, torch.Tensor) and (item.is_floating_point() or item.is_complex()):
@@ -274,6 +295,7 @@ def _wrapped(value: bool | int | float | complex) -> torch.Tensor:
 class _Pending:
     op: Any
     arguments: list[tuple[str, Any, bool]]
+    floats: list[tuple[str, torch.Tensor | None]]  # the arguments that can be input slots (_slot_candidates)
     grad_fns: dict[int, Any]  # id(tensor argument) -> its grad_fn (or the tensor itself for leaves) before the call
     outputs: list[torch.Tensor]
     view: tuple[str, torch.Tensor, Any] | None = None  # (argument, view written in place, its base's grad_fn before)
@@ -290,6 +312,9 @@ class _Recorder(TorchDispatchMode):
         self.outputs = outputs
         self._pending: _Pending | None = None
         self._by_storage: dict[int, list[_Kept]] = {}
+        from .rules import REGISTRY  # here, not per call: the rules import this module
+
+        self._registry = REGISTRY
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -298,16 +323,18 @@ class _Recorder(TorchDispatchMode):
         written = _written_arguments(func)
         if written and self._by_storage:
             self._copy_before_write([v for name, v, _ in arguments if name in written])
+        floats = _slot_candidates(func, arguments)
         grad_fns = {}
-        for _, t in _slot_candidates(func, arguments):
+        for _, t in floats:
             if t is not None and t.requires_grad:
                 grad_fns[id(t)] = t.grad_fn if t.grad_fn is not None else t
         view = next(((name, v, v._base.grad_fn) for name, v, _ in arguments if name in written
-                     and isinstance(v, torch.Tensor) and v._base is not None), None)
+                     and isinstance(v, torch.Tensor) and v._base is not None), None) if written else None
         result = func(*args, **kwargs)
         if grad_fns:
             outs = result if isinstance(result, (tuple, list)) else (result,)
-            self._pending = _Pending(func, arguments, grad_fns, [o for o in outs if isinstance(o, torch.Tensor)], view)
+            self._pending = _Pending(func, arguments, floats, grad_fns,
+                                     [o for o in outs if isinstance(o, torch.Tensor)], view)
         return result
 
     def __exit__(self, *exc):
@@ -340,23 +367,21 @@ class _Recorder(TorchDispatchMode):
             for o in pending.outputs:
                 if o.grad_fn is node:
                     self.recording._outputs[(node, o.output_nr)] = o.detach().clone()
-        from .graph import node_type
-        from .rules import REGISTRY
-
+        registry = self._registry
         name = node_type(node)
         slots = self._map_slots(node, name, pending)
         if isinstance(slots, str):
             if any(child is None for child, _ in node.next_functions):
                 self.recording._unmapped[node] = slots
             return
-        saved = REGISTRY.saved.get(name)
+        saved = registry.saved.get(name)
         call = RecordedCall(name)
         for slot, (child, _) in enumerate(node.next_functions):
             value = slots[slot][1]
             if child is None and value is not None and not (
                     saved and slot in saved.inputs and isinstance(read_saved(node, saved.inputs[slot]), torch.Tensor)):
                 call.operands[slot] = self._keep(value)
-        if (name not in REGISTRY.replays or name in REGISTRY.partial_replays) and not (saved and 0 in saved.outputs):
+        if (name not in registry.replays or name in registry.partial_replays) and not (saved and 0 in saved.outputs):
             call.op, call.arguments = pending.op, self._template(pending.arguments, slots)
         if call.operands or call.op is not None:
             self.recording._calls[node] = call
@@ -364,16 +389,14 @@ class _Recorder(TorchDispatchMode):
     def _complete_view(self, pending: _Pending) -> bool:
         """An in-place op on a view made its base's new ``CopySlices`` node: slot 0 is the base, the
         op's other inputs follow. Keeps the call (the view's place in the base, scalars, constants)."""
-        from .rules import REGISTRY
-
         name, view, before = pending.view
         base = view._base
         node = base.grad_fn
         if node is None or node is before or type(node).__name__ != "CopySlices":
             return False
-        if "CopySlices" in REGISTRY.replays and "CopySlices" not in REGISTRY.partial_replays:
+        if "CopySlices" in self._registry.replays and "CopySlices" not in self._registry.partial_replays:
             return True
-        floats = _slot_candidates(pending.op, pending.arguments)
+        floats = pending.floats
         edges = node.next_functions
         if len(floats) < len(edges) or floats[0][1] is not view:
             self.recording._unmapped[node] = "the in-place op's arguments do not fit the CopySlices node"
@@ -397,9 +420,9 @@ class _Recorder(TorchDispatchMode):
     def _map_slots(node: Node, name: str, pending: _Pending) -> list | str:
         """Floating-point tensor arguments in schema order -> the node's input slots (the
         differentiable ones come first), checked against the graph edges; a reason when they do not fit."""
-        if _node_base(name) != _normalise(pending.op._schema.name.split("::")[-1]).rstrip("_"):
+        if _node_base(name) != _schema(pending.op).base:
             return f"the node {name} was made by aten {pending.op._schema.name}"
-        floats = _slot_candidates(pending.op, pending.arguments)
+        floats = pending.floats
         edges = node.next_functions
         if len(floats) < len(edges):
             return f"{len(floats)} tensor arguments for {len(edges)} input slots"

@@ -84,8 +84,9 @@ def release_schedule(graph: Graph, through: Callable[[Node], bool], depth: int,
                      runs: Callable[[Node], bool] = lambda node: True) -> dict[int, list[int]]:
     """Sweep position -> positions of the nodes whose saved tensors can be released once the sweep
     has passed it. The Promise System reads a node ``R``'s saved tensors for the value of an edge of
-    ``Y``, where ``Y`` is ``R`` or reached from it through at most ``depth`` shape nodes (``through``:
-    a consumer's saved input, a read across a reshape, values gathered back from routing consumers).
+    ``Y``, where ``Y`` is ``R`` or reached from it through at most ``depth`` shape or scale nodes
+    (``through``: a consumer's saved input, a read across a reshape, values gathered back from routing
+    consumers or divided back out of an exact scale).
     Such a value is asked for by a rule at ``Y``, at a consumer of ``Y`` (its input) or at a producer
     of ``Y`` (a batch norm merged into the convolution before it), and rules run only at nodes that
     get relevance (``runs``: the nodes that depend on an explained input). So ``R``'s tensors are

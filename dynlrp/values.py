@@ -42,6 +42,28 @@ BIJECTIONS = REARRANGES | {"UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBac
                            "CloneBackward0", "AliasBackward0"}
 
 
+#: scalar maps ``y = c * x`` that :meth:`ValueStore._routed` reads a value back through where ``c``
+#: allows it (:func:`_exact_scale`)
+SCALES = frozenset({"NegBackward0", "MulBackward1", "DivBackward1"})
+
+
+def _exact_scale(node: Node) -> float | None:
+    """``c`` if ``node`` is ``y = c * x`` with a constant scalar from which ``x = y / c`` is exact:
+    ``neg`` (``c = -1``), ``mul`` by ``+-2^k`` or ``div`` by ``+-2^-k`` for ``k >= 0`` (a product with
+    ``|c| >= 1`` a power of two loses no bits unless it overflows, which a finite ``y`` rules out; e.g.
+    SDPA's reference path scales q and k by ``sqrt(scale)``, 1.0 for T5). Else ``None``."""
+    name = node_type(node)
+    if name == "NegBackward0":
+        return -1.0
+    if name not in SCALES:
+        return None
+    other = read_saved(node, "_saved_other")
+    if isinstance(other, bool) or not isinstance(other, (int, float)) or other == 0 or not math.isfinite(other):
+        return None
+    scale = float(other) if name == "MulBackward1" else 1.0 / float(other)
+    return scale if abs(scale) >= 1.0 and math.frexp(scale)[0] in (0.5, -0.5) else None
+
+
 def _selects(consumers: list, shape: torch.Size) -> tuple[int, list[int]] | None:
     """``(dim, order)`` if the consumers are ``select(dim, i)`` for every ``i`` of that dim once
     (``order``: consumer positions by index, e.g. a packed q/k/v projection), else ``None``."""
@@ -148,9 +170,14 @@ class ValueStore:
         when every element is taken once (``sum_i J_i^T 1 = 1``, checked), e.g. a fused q/k/v
         projection split into the three tensors attention saved. Known layouts need no check: one
         rearranging consumer (:data:`BIJECTIONS`, ``x = J^-1 y``), or ``select(dim, i)`` for every
-        ``i`` once (``x`` is the stack of the selections)."""
+        ``i`` once (``x`` is the stack of the selections). One consumer that scales by a constant it
+        inverts exactly (:func:`_exact_scale`) gives ``x = y / c``."""
         node, nr = edge
         consumers = [(c, slot) for c, slot, out_nr in self.graph.consumers.get(node, ()) if out_nr == nr]
+        if depth <= ROUTE_DEPTH and len(consumers) == 1:
+            scale = _exact_scale(consumers[0][0])
+            if scale is not None:
+                return self._unscaled(edge, consumers[0][0], scale, depth)
         if depth > ROUTE_DEPTH or not consumers or any(
                 self.registry.rules.get(node_type(c)) is None or self.registry.rules[node_type(c)].family != "shape"
                 or not callable(c) for c, _ in consumers):
@@ -184,6 +211,18 @@ class ValueStore:
         if float(cover.sub(1).abs_().sum()) != 0.0:
             return None
         return gathered.reshape(node._input_metadata[nr].shape)
+
+    def _unscaled(self, edge: Edge, consumer: Node, scale: float, depth: int) -> torch.Tensor | None:
+        """``x = y / c`` from the held output ``y`` of its one consumer ``y = c * x`` (:func:`_exact_scale`)."""
+        meta = edge[0]._input_metadata[edge[1]]
+        if consumer._input_metadata[0].dtype != meta.dtype:  # a cast rounds: not exact
+            return None
+        y = self.held((consumer, 0), depth + 1)
+        if y is None or tuple(y.shape) != tuple(meta.shape):
+            return None
+        if abs(scale) > 1.0 and not bool(torch.isfinite(y).all()):  # the forward product overflowed
+            return None
+        return y if scale == 1.0 else -y if scale == -1.0 else y / scale
 
     def held_input(self, node: Node, slot: int) -> torch.Tensor | None:
         """The value on ``node``'s input ``slot`` if it can be read without replaying anything."""

@@ -382,3 +382,51 @@ def test_selects_along_a_negative_dim_are_stacked_along_that_dim():
     assert node_type(producer) == "SelectBackward0" and len(graph.consumers[producer]) == 3  # z = [0] of the view
     held = ValueStore(graph, REGISTRY).held((producer, nr))
     assert held is not None and torch.equal(held, z.detach())
+
+
+def _scaled_projection(scale_op: str, scale: float, x: torch.Tensor):
+    """``z = x @ W`` (MmBackward0) that reaches a saved tensor only through a view, a transpose and the
+    scalar map ``scale_op`` (``y = t * c``, ``t / c`` or ``-t``), as q in SDPA's reference path: the
+    product with a leaf that requires grad (not explained) saves ``y``, and no later node does."""
+    torch.manual_seed(0)
+    weight = torch.randn(x.shape[1], 6, dtype=x.dtype)
+    z = x @ weight
+    t = z.view(-1, 2, 3).transpose(1, 2)
+    y = {"mul": lambda: torch.ops.aten.mul.Scalar(t, scale), "div": lambda: torch.ops.aten.div.Scalar(t, scale),
+         "neg": lambda: -t}[scale_op]()
+    other = torch.randn(x.shape[0], 3, 2, dtype=x.dtype, requires_grad=True)
+    return z, (y * other).sum()
+
+
+@pytest.mark.parametrize("scale_op, scale, exact", [
+    ("mul", 1.0, True), ("mul", -2.0, True), ("mul", 8.0, True), ("div", 0.25, True), ("neg", -1.0, True),
+    ("mul", 0.5, False), ("mul", 3.0, False), ("div", 2.0, False)])
+def test_output_read_back_through_an_exactly_invertible_scale(scale_op, scale, exact):
+    """``x`` from a held ``y = c x`` when ``x = y / c`` is exact: ``|c|`` a power of two >= 1 (SDPA's
+    reference path scales q and k by ``sqrt(scale)``, 1.0 for T5: the projection is not recomputed).
+    A scale below 1 may have rounded to subnormals and any other ``c`` rounds: nothing is read back."""
+    x = torch.randn(5, 4, requires_grad=True)
+    z, out = _scaled_projection(scale_op, scale, x)
+    graph = Graph.build(out.grad_fn)
+    mm = next(n for n in graph.order if node_type(n) == "MmBackward0")
+    held = ValueStore(graph, REGISTRY).held((mm, 0))
+    if exact:
+        assert held is not None and torch.equal(held, z.detach())
+    else:
+        assert held is None
+    with dynlrp.record(outputs=True):
+        _, recorded = _scaled_projection(scale_op, scale, x)
+    reference = dynlrp.explain(recorded, inputs=[x]).relevance(x)
+    torch.testing.assert_close(dynlrp.explain(out, inputs=[x]).relevance(x), reference, rtol=0, atol=0)
+    # saved tensors freed behind the sweep: the product's is kept until the projection has read it back
+    freed = dynlrp.explain(_scaled_projection(scale_op, scale, x)[1], inputs=[x], retain_graph=False)
+    torch.testing.assert_close(freed.relevance(x), reference, rtol=0, atol=0)
+
+
+def test_no_value_read_back_through_a_scale_that_overflowed():
+    """``y = 2 z`` overflowed to inf: ``z`` is not ``y / 2``, nothing is read back."""
+    x = torch.full((1, 4), 3e38, requires_grad=True)
+    _, out = _scaled_projection("mul", 2.0, x)
+    graph = Graph.build(out.grad_fn)
+    mm = next(n for n in graph.order if node_type(n) == "MmBackward0")
+    assert ValueStore(graph, REGISTRY).held((mm, 0)) is None
