@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..context import NodeContext, RuleResult
 from ..errors import MissingValueError, RuleError
+from ..values import SCALES
 from .common import divide, reduce_to_shape, total, z_rule
 from .linear import BilinearOp, modified_z, uniform_product
 from .registry import REGISTRY, replay, rule, saved_values
@@ -88,7 +89,7 @@ WRAPPED_FILL = frozenset({"FillBackward0", "FillBackward1", "FillBackward2", "Fi
                           "MaskedFillBackward0", "MaskedFillBackward1", "ScatterBackward1", "IndexFillBackward0",
                           "IndexFillBackward1", "TrilBackward0", "TriuBackward0"})
 WRAPPED_SUM = frozenset({"AddBackward0", "SubBackward0", "ScatterAddBackward0", "IndexAddBackward0"})
-WRAPPED_SCALE = frozenset({"NegBackward0", "MulBackward1", "DivBackward1"})
+WRAPPED_SCALE = SCALES  # y = c * x with a constant scalar (neg, mul.Scalar, div.Scalar)
 WRAPPED_FACTOR = frozenset({"MulBackward0", "DivBackward0"})
 
 saved_values("GatherBackward0", "TakeBackward0", "MaskedSelectBackward0", *PADS, *RUNNING, inputs={0: "_saved_self"})
