@@ -425,8 +425,9 @@ def test_output_read_back_through_an_exactly_invertible_scale(scale_op, scale, e
 
 def test_no_value_read_back_through_a_scale_that_overflowed():
     """``y = 2 z`` overflowed to inf: ``z`` is not ``y / 2``, nothing is read back."""
-    x = torch.full((1, 4), 3e38, requires_grad=True)
-    _, out = _scaled_projection("mul", 2.0, x)
+    x = torch.full((1, 4), 1e38, requires_grad=True)
+    z, out = _scaled_projection("mul", 2.0, x)
+    assert torch.isfinite(z).all() and not torch.isfinite(2 * z).all()  # z finite, the product not
     graph = Graph.build(out.grad_fn)
     mm = next(n for n in graph.order if node_type(n) == "MmBackward0")
     assert ValueStore(graph, REGISTRY).held((mm, 0)) is None
