@@ -78,6 +78,10 @@ Protocol.
 * Threads: torch's default unless ``--threads``. On a machine shared with other jobs, use
   ``--threads 1``: with OpenMP threads competing for cores every small op can wait for a descheduled
   thread, which inflates a method in proportion to its number of ops, not its work.
+* Allocator: glibc's default unless ``--allocator steady`` (:data:`STEADY_ALLOCATOR`, set for the whole
+  run, every method alike): with the default, freed heap memory goes back to the kernel whenever enough
+  of it is free at the top, and the next call faults it in again, more or less as what ran before left
+  the heap, so a method's repeated calls can be slower than its first. Report which one a figure used.
 
 Output: ``speed.csv`` (one row per model x method x env), ``speed_summary.csv`` and ``speed.md`` (the
 summary: one line per model and dynlrp preset with the medians, the ratios dynlrp / fwd_bwd, / zennit,
@@ -136,6 +140,13 @@ PROBE_PREFIX = "PROBE "
 #: blocks stay in the heap and the same call's peak varied 2x between runs)
 PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 BIAS_STD = 0.01
+#: ``--allocator steady``: glibc keeps freed memory in its heap (no trimming; blocks up to 64 MiB from the
+#: heap) instead of handing it back to the kernel and faulting it in again on the next call. With the
+#: default (dynamic) thresholds, how much of a call's memory is faulted in anew depends on what ran before
+#: it (measured on ResNet-50 at batch 8, 2 cores: the same explain call took 0.76 to 1.11 s with 4 to 106k
+#: minor faults per call, and 0.71 to 0.75 s with these settings; fwd_bwd 0.55 and 0.50 to 0.55 s). It
+#: applies to every method of the run alike; the memory probes keep :data:`PROBE_ENV`.
+STEADY_ALLOCATOR = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "67108864"}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -953,11 +964,19 @@ def lxt_supported(name: str) -> bool:
     return model_zoo.get(name).family in LXT_FAMILIES
 
 
+def allocator() -> str:
+    """Which glibc malloc settings this process runs with (read from its environment)."""
+    if all(os.environ.get(k) == v for k, v in STEADY_ALLOCATOR.items()):
+        return "steady (" + ", ".join(f"{k}={v}" for k, v in STEADY_ALLOCATOR.items()) + ")"
+    return "glibc default"
+
+
 def run_benchmark(args: argparse.Namespace, csv_path: Path | None = None) -> list[Row]:
     """Measure every model (one at a time, freed afterwards), probe memory, merge the LXT-env rows; the
     CSV is rewritten after each model (a run cut short keeps what it measured)."""
     env = "lxt" if args.lxt else "main"
     memory = args.memory if args.memory != "auto" else ("cuda" if args.device.startswith("cuda") else "subprocess")
+    print(f"allocator: {allocator()}", flush=True)
     rows: list[Row] = []
     models = [m for m in args.models.split(",") if m]
     if args.lxt:
@@ -1014,6 +1033,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row] | None:
     parser.add_argument("--record", default="auto", choices=("auto", "always", "never"),
                         help="dynlrp's forward inside dynlrp.record(): auto = where the graph lacks values")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--allocator", default="default", choices=("default", "steady"),
+                        help="glibc malloc as configured (default), or steady: freed memory stays in the heap"
+                             " (STEADY_ALLOCATOR), which takes the allocator's page faults out of the timings")
     parser.add_argument("--lxt", action="store_true", help="this is the LXT-env process (forward, fwd_bwd, "
                         "dynlrp:attnlrp, lxt:attnlrp on the models LXT supports)")
     parser.add_argument("--lxt-python", default=str(DEFAULT_LXT_PYTHON), help="python of the LXT env, or 'none'")
@@ -1028,6 +1050,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row] | None:
     if args.probe:
         probe(args)
         return None
+    if args.allocator == "steady" and any(os.environ.get(k) != v for k, v in STEADY_ALLOCATOR.items()):
+        # glibc reads these at start-up only: run again with them set (the LXT-env process inherits them)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.speed", *argv], {**os.environ, **STEADY_ALLOCATOR})
     if args.profile:
         profile(args)
         return None

@@ -130,6 +130,7 @@ class ValueStore:
         self._passed: set[Node] = set()  # nodes the sweep has passed (release): their values are not kept
         self._derived: set[Edge] = set()  # memo entries entered by derive (passed back through reshapes)
         self._frees: dict[int, list[int]] = {}  # free_graph: position -> nodes whose saved tensors go then
+        self._kept: dict[Node, list[Edge]] = {}  # keep_until: node -> memoised values dropped when it is passed
 
     # -- public -------------------------------------------------------------------------------
     def input_value(self, node: Node, slot: int) -> torch.Tensor:
@@ -248,14 +249,28 @@ class ValueStore:
             self._derived.discard(edge)
             self.stats.derived -= 1
 
+    def keep_until(self, edge: Edge, node: Node) -> None:
+        """Keep the memoised value of ``edge`` (if there is one) past its node, until the sweep has
+        passed ``node``: a producer whose rule reads it (a convolution with the batch norm after it
+        merged reads that batch norm's output, which a residual sum's rule may have replayed)."""
+        if edge in self.memo:
+            self._kept.setdefault(node, []).append(edge)
+
     def release(self, node: Node) -> None:
         """Drop the memoised outputs of ``node`` once the sweep has passed it, and keep none of them
-        from now on. Rules at later nodes (its producers) never ask for them; a gathered read
+        from now on. Rules at later nodes (its producers) never ask for them, except where a rule
+        said so (:meth:`keep_until`: dropped once that producer is passed); a gathered read
         (:meth:`_routed`) that still does reads them from the graph again. Only values ahead of the
         sweep stay alive (peak memory)."""
         self._passed.add(node)
         if self.memo:
+            for edge in self._kept.pop(node, ()):
+                self.memo.pop(edge, None)
+                self.depth.pop(edge, None)
+            kept = {e for edges in self._kept.values() for e in edges} if self._kept else ()
             for nr in range(len(node._input_metadata)):
+                if (node, nr) in kept:
+                    continue
                 value = self.memo.pop((node, nr), None)
                 if value is not None:
                     self.depth.pop((node, nr), None)

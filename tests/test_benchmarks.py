@@ -3,6 +3,9 @@ probe and the switchable LXT patches. No timing assertions (timings on a shared 
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -52,6 +55,21 @@ def test_rows_medians_and_ratios(run):
     base = by_method["fwd_bwd"].median_s
     assert by_method["fwd_bwd"].ratio_fwd_bwd == pytest.approx(1.0)
     assert by_method["dynlrp:epsilon"].ratio_fwd_bwd == pytest.approx(by_method["dynlrp:epsilon"].median_s / base)
+
+
+@pytest.mark.parametrize("choice", ["default", "steady"])
+def test_allocator_settings_reach_the_timing_process(tmp_path, choice):
+    """``--allocator steady`` runs the benchmark again with glibc's settings in its environment (glibc
+    reads them at start-up only); the default leaves the environment as it is."""
+    env = {k: v for k, v in os.environ.items() if k not in speed.STEADY_ALLOCATOR}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--allocator", choice, "--models", "vgg16",
+                           "--size", "tiny", "--repeats", "1", "--methods", "forward", "--memory", "none",
+                           "--lxt-python", "none", "--threads", "1", "--out", str(tmp_path)],
+                          cwd=speed.ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = "allocator: steady (MALLOC_" if choice == "steady" else "allocator: glibc default"
+    assert expected in done.stdout
+    assert (tmp_path / "speed.csv").exists()
 
 
 def test_timing_medians_and_failures():

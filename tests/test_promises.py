@@ -367,6 +367,71 @@ def test_the_store_holds_no_value_behind_the_sweep(monkeypatch):
     torch.testing.assert_close(exp.relevance(x), reference.relevance(x), rtol=1e-10, atol=1e-14)
 
 
+class _ConvCount(TorchDispatchMode):
+    """Counts the ``addcmul`` calls (a batch norm's ``y = a z + c``) run while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket is torch.ops.aten.addcmul
+        return func(*args, **(kwargs or {}))
+
+
+class _ResidualConv(nn.Module):
+    """``relu(bn(conv(h)) + h)`` with ``h = relu(stem(x))``: the batch norm's output is saved by no
+    node, so the residual sum's rule replays it, and the convolution (the batch norm merged into it)
+    reads it too."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.bn, self.head = nn.BatchNorm2d(4), nn.Linear(4, 3)
+        self.bn.running_mean.uniform_(-0.5, 0.5)
+        self.bn.running_var.uniform_(0.5, 2.0)
+        nn.init.uniform_(self.bn.weight, 0.5, 1.5)
+        nn.init.uniform_(self.bn.bias, -0.1, 0.1)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        return self.head(torch.relu(self.bn(self.conv(h)) + h).mean((2, 3)))
+
+
+@pytest.mark.parametrize("retain_graph", [True, False])
+def test_replayed_batch_norm_output_is_kept_for_the_merged_convolution(monkeypatch, retain_graph):
+    """The residual sum replays the batch norm's output ``y`` (one addcmul); the merged batch norm's
+    rule keeps that value until the convolution before it has been passed, whose rule reads it
+    instead of forming ``y`` again. No value is held behind the sweep once that convolution is done,
+    and the relevance equals the all-values recording's."""
+    torch.manual_seed(0)
+    model = _ResidualConv().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    out = model(x)
+    behind, release = [], ValueStore.release
+
+    def checked(store, node):
+        release(store, node)
+        behind.append((node_type(node), sum(1 for n, _ in store.memo  # leaves: the parameters themselves
+                                            if n in store._passed and not hasattr(n, "variable"))))
+
+    monkeypatch.setattr(ValueStore, "release", checked)
+    with _ConvCount() as calls:
+        exp = dynlrp.explain(out, inputs=[x], rules=dynlrp.presets.get("epsilon", merge_batch_norm=True),
+                             retain_graph=retain_graph)
+    monkeypatch.setattr(ValueStore, "release", release)
+    assert calls.count == 1  # the replay; the convolution's rule reads its result
+    names = [name for name, _ in behind]
+    start = names.index("NativeBatchNormBackward0")
+    end = names.index("ConvolutionBackward0", start)  # the merged convolution
+    assert [count for _, count in behind] == [0] * start + [1] * (end - start) + [0] * (len(behind) - end)
+    with dynlrp.record(outputs=True):
+        out = model(x)
+    reference = dynlrp.explain(out, inputs=[x], rules=dynlrp.presets.get("epsilon", merge_batch_norm=True))
+    torch.testing.assert_close(exp.relevance(x), reference.relevance(x), rtol=1e-10, atol=1e-14)
+    assert max(row.error for row in exp.nodes) < 1e-10
+
+
 def test_selects_along_a_negative_dim_are_stacked_along_that_dim():
     """``select(-1, i)``: autograd stores the dim as an unsigned 64-bit integer (``2**64 - 1``); it is
     the last dim, also for a 3-d tensor whose every dim has the same size (the value would otherwise

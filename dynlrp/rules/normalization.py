@@ -70,6 +70,7 @@ def batch_norm(ctx: NodeContext, relevance):
     (r,) = relevance
     producer = ctx.edges[0][0]
     if producer is not None and _mergeable(ctx, producer, ctx.node):
+        ctx.store.keep_until((ctx.node, 0), producer)  # y, if a consumer's rule replayed it: read there again
         return RuleResult((r, None, None))
     x, a, c = batch_norm_affine(ctx)
     ax = a * x
