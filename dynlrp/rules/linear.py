@@ -368,11 +368,14 @@ def _book(absorbed: dict, cause: str, coef: float, value: torch.Tensor) -> None:
 
 
 def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-               z: torch.Tensor, relevance: torch.Tensor, spec: LinearRule, product: torch.Tensor | None = None):
+               z: torch.Tensor, relevance: torch.Tensor, spec: LinearRule, product: torch.Tensor | None = None,
+               z_own: bool = False):
     """The modified-z rule (module docstring) for one layer; returns ``(R_x, absorbed)``.
 
     ``z`` is ``f(x, W) + b``. ``product``: ``f(x, W)`` if already at hand, or a function that returns
-    it (called only if a group needs it); the unmodified term is then not recomputed."""
+    it (called only if a group needs it); the unmodified term is then not recomputed. ``z_own``: ``z`` is
+    the caller's temporary, which a rule of one unmodified group (epsilon) may overwrite (its buffer
+    then holds ``s - z``: one output-sized tensor fewer)."""
     groups = GROUPS[spec.kind](spec)
     # a sign-definite input (x >= 0 after a ReLU): x+ is x itself and x- is 0, so the terms of x- add
     # exactly nothing to Z_g or R_x and are skipped (their biases stay). Halves gamma / z+ / alpha-beta.
@@ -390,6 +393,7 @@ def modified_z(op: BilinearOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     for group, live in live_groups:
         big_b = _group_bias(op, group, b, z)
         big_z, own = terms.z(group, live, z, big_b)
+        own = own or (z_own and big_z is z and len(live_groups) == 1)  # z's last use
         if group.select == "all":
             c, lost = divide(relevance, big_z, spec.epsilon, overwrite=own)  # own Z: its buffer reused
         else:  # R_g = R where z > 0 (z < 0), else 0: applied to c = R / s (no R_g)
@@ -481,6 +485,7 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
     bias = bias if bias is None else pick(beta * bias)
     known_bias = bias_slot is None or bias is not None
     z = pick(ctx.output_on_support(relevance_full)) if known_bias else None  # kept by a node: no matmul
+    own = z is None
     if z is not None:  # f(x, W) only if a rule term needs it
         product = z if bias is None else (lambda: z - bias)
     else:
@@ -499,7 +504,7 @@ def _product_rule(ctx: NodeContext, relevance: torch.Tensor, a_slot: int, b_slot
     if alpha != 1:  # no scaled copy of the weight in the usual case
         w = alpha * w
     op = _matmul_op(data_first)
-    r_x, absorbed = modified_z(op, x, w, bias, z, relevance, ctx.settings.linear, product)
+    r_x, absorbed = modified_z(op, x, w, bias, z, relevance, ctx.settings.linear, product, z_own=own)
     if rows is not None:
         r_x = torch.zeros_like(a).index_copy_(0, rows, r_x)
     out[a_slot if data_first else b_slot] = r_x
@@ -554,6 +559,7 @@ def convolution(ctx: NodeContext, relevance):
         return _merged_convolution(ctx, op, x, w, bias, norm, relevance[0])
     known_bias = bias is not None or not _has_bias(ctx)
     z = ctx.output_on_support(relevance[0]) if known_bias else None  # kept by a node: no convolution
+    own = z is None
     if z is not None:  # f(x, W) only if a rule term needs it
         product = z if bias is None else (lambda: z - op.bias(bias, z))
     else:
@@ -561,7 +567,7 @@ def convolution(ctx: NodeContext, relevance):
         if _has_bias(ctx) and bias is None:
             bias = ctx.output() - product
         z = product if bias is None else product + op.bias(bias, product)
-    r_x, absorbed = modified_z(op, x, w, bias, z, relevance[0], ctx.settings.linear, product)
+    r_x, absorbed = modified_z(op, x, w, bias, z, relevance[0], ctx.settings.linear, product, z_own=own)
     return RuleResult((r_x, None, None), absorbed)
 
 
@@ -595,14 +601,15 @@ def _merged_convolution(ctx: NodeContext, op: BilinearOp, x, w, bias, norm: Node
     y = norm.held_output()
     if y is None and any(g.select != "all" for g in groups):
         y = norm.output_on_support(relevance)
-    if y is None:
+    own = y is None
+    if own:
         y = torch.addcmul(merged, a, unscaled())
     if y.numel() < w.numel() and all(t.w == _same for g in groups for t in g.terms):
         # W' = a W enters only as f_x^T(W', g) = f_x^T(W, a g): scale the (smaller) output instead
         op = _output_scaled(op, a)
     else:
         w = w * a.reshape((-1,) + (1,) * (w.dim() - 1))
-    r_x, absorbed = modified_z(op, x, w, merged, y, relevance, spec, lambda: a * unscaled())
+    r_x, absorbed = modified_z(op, x, w, merged, y, relevance, spec, lambda: a * unscaled(), z_own=own)
     return RuleResult((r_x, None, None), absorbed)
 
 
