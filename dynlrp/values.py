@@ -131,6 +131,7 @@ class ValueStore:
         self._derived: set[Edge] = set()  # memo entries entered by derive (passed back through reshapes)
         self._frees: dict[int, list[int]] = {}  # free_graph: position -> nodes whose saved tensors go then
         self._kept: dict[Node, list[Edge]] = {}  # keep_until: node -> memoised values dropped when it is passed
+        self._keeping: set[Edge] = set()  # the edges in _kept
 
     # -- public -------------------------------------------------------------------------------
     def input_value(self, node: Node, slot: int) -> torch.Tensor:
@@ -255,6 +256,7 @@ class ValueStore:
         merged reads that batch norm's output, which a residual sum's rule may have replayed)."""
         if edge in self.memo:
             self._kept.setdefault(node, []).append(edge)
+            self._keeping.add(edge)
 
     def release(self, node: Node) -> None:
         """Drop the memoised outputs of ``node`` once the sweep has passed it, and keep none of them
@@ -263,13 +265,14 @@ class ValueStore:
         (:meth:`_routed`) that still does reads them from the graph again. Only values ahead of the
         sweep stay alive (peak memory)."""
         self._passed.add(node)
+        for edge in self._kept.pop(node, ()):
+            self._keeping.discard(edge)
+            self._derived.discard(edge)
+            self.memo.pop(edge, None)
+            self.depth.pop(edge, None)
         if self.memo:
-            for edge in self._kept.pop(node, ()):
-                self.memo.pop(edge, None)
-                self.depth.pop(edge, None)
-            kept = {e for edges in self._kept.values() for e in edges} if self._kept else ()
             for nr in range(len(node._input_metadata)):
-                if (node, nr) in kept:
+                if (node, nr) in self._keeping:
                     continue
                 value = self.memo.pop((node, nr), None)
                 if value is not None:
